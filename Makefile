@@ -1,0 +1,38 @@
+# Two commands do all the set-up:  `make run` (install + the whole pipeline on
+# the embedded Shakespeare) and `make test` (install + the test suite).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch first, pinned: on the reference machine 2.13.0 is a local CPU build; a bare
+# range would pull a multi-GB CUDA build. Elsewhere pip takes the platform's build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install install-dev run test test-fast bench clean-state
+
+$(BIN)/python:
+	@echo "==> creating $(VENV)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	@echo "==> installing $(TORCH) and gptpipe"
+	$(BIN)/pip install --quiet --progress-bar off "$(TORCH)"
+	$(BIN)/pip install --quiet --progress-bar off -e .
+
+install-dev: $(BIN)/python
+	@echo "==> installing $(TORCH) and gptpipe[dev]"
+	$(BIN)/pip install --quiet --progress-bar off "$(TORCH)"
+	$(BIN)/pip install --quiet --progress-bar off -e ".[dev]"
+
+run: install
+	@bash scripts/run_pipeline.sh
+
+test: install-dev
+	@echo "==> running the tests"
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install-dev
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install-dev
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)

@@ -1,0 +1,53 @@
+"""The one-line user error, and the wrapper that turns failures into it.
+
+A user who points gptpipe at a bad file or types a bad param gets one line on
+stderr and a non-zero exit, never a traceback. Set GPTPIPE_DEBUG=1 (or pass
+--debug to the CLI) to see the traceback as well.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Callable
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    """A mistake the user can fix: bad input, bad params, missing files."""
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("GPTPIPE_DEBUG", "").lower() not in ("", "0", "false", "no")
+
+
+def one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def run_main(main: Callable[[], object], prog: str) -> None:
+    """Run a stage or command; map every failure to one line and an exit code."""
+    try:
+        main()
+    except UserError as exc:
+        _report(prog, str(exc))
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        _report(prog, "interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the last line of defence
+        _report(prog, f"internal error: {type(exc).__name__}: {exc}"
+                " (set GPTPIPE_DEBUG=1 for the traceback)")
+        sys.exit(EXIT_INTERNAL_ERROR)
+
+
+def _report(prog: str, message: str) -> None:
+    if debug_enabled():
+        traceback.print_exc()
+    sys.stderr.write(f"{prog}: error: {one_line(message)}\n")
+    sys.stderr.flush()

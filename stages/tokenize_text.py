@@ -1,0 +1,47 @@
+"""tokenize: build the tokenizer and encode the corpus to one token array."""
+from pathlib import Path
+
+from gptpipe import params, tokenizers
+from gptpipe.arrays import save_tokens, split_point
+from gptpipe.errors import UserError, run_main
+from gptpipe.files import write_json
+
+CORPUS = Path("data/clean/corpus.txt")
+TOKENS = Path("data/tokens/tokens.npy")
+TOKENIZER = Path("data/tokens/tokenizer.json")
+REPORT = Path("reports/tokenize.json")
+
+
+def main() -> None:
+    all_params = params.load()
+    p = all_params.tokenizer
+    try:
+        text = CORPUS.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{CORPUS}: not found (run the clean stage first)") from None
+    if p.kind == "char":
+        tokenizer = tokenizers.CharTokenizer.train(text)
+    elif p.kind == "bpe":
+        # Only the training portion shapes the vocabulary: val text stays unseen.
+        train_text = text[:split_point(len(text), all_params.split.train_fraction)]
+        print(f"tokenize: training BPE to {p.vocab_size} tokens on "
+              f"{len(train_text):,} characters", flush=True)
+        tokenizer = tokenizers.train_bpe(train_text, p.vocab_size)
+    else:
+        tokenizer = tokenizers.pretrained(p.encoding, p.encoding_file)
+    ids = tokenizer.encode(text, str(CORPUS))
+    if tokenizer.decode(ids) != text:
+        raise UserError(f"{CORPUS}: the {p.kind} tokenizer does not round-trip this text")
+    save_tokens(TOKENS, ids, tokenizer.vocab_size)
+    write_json(TOKENIZER, tokenizer.to_json())
+    write_json(REPORT, {
+        "kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "tokens": int(len(ids)),
+        "characters": len(text), "chars_per_token": round(len(text) / max(len(ids), 1), 4),
+        "dtype": str(tokenizers.smallest_dtype(tokenizer.vocab_size)),
+    })
+    print(f"tokenize: {p.kind}, vocab {tokenizer.vocab_size}, {len(ids):,} tokens "
+          f"({len(text) / max(len(ids), 1):.2f} characters/token) -> {TOKENS}")
+
+
+if __name__ == "__main__":
+    run_main(main, "tokenize")
