@@ -16,8 +16,9 @@ def main() -> None:
     with atomic_dir(RAW_DIR) as tmp:
         result = fetch(p.source, tmp, sha256=p.sha256, max_bytes=p.max_bytes,
                        timeout_s=p.timeout_s, retries=p.retries)
-    corpus_id = sha256_bytes("".join(f"{f['path']}\0{f['sha256']}\n"
-                                     for f in result.files).encode())
+    # One file: its own sha256, the value data.sha256 expects. Several: a manifest hash.
+    corpus_id = result.files[0]["sha256"] if len(result.files) == 1 else sha256_bytes(
+        "".join(f"{f['path']}\0{f['sha256']}\n" for f in result.files).encode())
     write_json(REPORT, {
         "source": redact(p.source), "kind": result.kind, "files": result.files,
         "skipped": result.skipped, "bytes": sum(f["bytes"] for f in result.files),

@@ -132,10 +132,13 @@ def drop_control_chars(text: str, report: CleanReport) -> str:
 def clean_text(text: str, report: CleanReport, *, ascii_punctuation: bool,
                play_markdown: bool, stage_directions: bool, strip_gutenberg_: bool,
                is_markdown: bool) -> str:
-    if text.startswith("\ufeff"):
-        report.removed["bom"] += 1
-        text = text[1:]
+    # A BOM anywhere (files concatenated with `cat` keep theirs) is not corpus text.
+    report.removed["bom"] += text.count("\ufeff")
+    text = text.replace("\ufeff", "")
     text = text.replace("\r\n", "\n").replace("\r", "\n")
+    # Before NFC: a control char between a letter and its accent would leave them
+    # uncomposed once dropped.
+    text = drop_control_chars(text, report)
     text = unicodedata.normalize("NFC", text)
     if strip_gutenberg_:
         text = strip_gutenberg(text, report)
@@ -144,7 +147,8 @@ def clean_text(text: str, report: CleanReport, *, ascii_punctuation: bool,
         text = play_markdown_to_dialogue(text, stage_directions, report)
     if ascii_punctuation:
         text = text.translate(_ASCII_FOLD)
-    text = drop_control_chars(text, report)
+    # Dropped markup (`e_\u0301`) can also leave an accent beside its letter.
+    text = unicodedata.normalize("NFC", text)
     text = "\n".join(line.rstrip() for line in text.split("\n"))
     before = len(text)
     text = _BLANK_RUNS.sub("\n\n", text).strip("\n")

@@ -20,6 +20,10 @@ class UserError(Exception):
     """A mistake the user can fix: bad input, bad params, missing files."""
 
 
+class StopRequested(UserError):
+    """SIGTERM or Ctrl-C during training: stopped at a step boundary, checkpoint kept."""
+
+
 def debug_enabled() -> bool:
     return os.environ.get("GPTPIPE_DEBUG", "").lower() not in ("", "0", "false", "no")
 

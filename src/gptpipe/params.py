@@ -119,6 +119,9 @@ class Params:
     sample: SampleParams = field(default_factory=SampleParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
 
+    def flat_sections(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self))
+
     def flat(self, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
         """`section.key -> value`, as MLflow and DVC name them."""
         out: dict[str, Any] = {}

@@ -183,10 +183,17 @@ def _fetch_url(url: str, out_dir: Path, max_bytes: int, timeout_s: float,
             if declared > max_bytes:
                 raise UserError(f"{shown}: {declared} bytes is over the size cap "
                                 f"data.max_bytes={max_bytes}")
+            # With Content-Encoding (gzip), Content-Length counts the compressed bytes
+            # while iter_content yields decoded ones; urllib3 checks the wire length.
+            if response.headers.get("Content-Encoding", "identity").lower() not in (
+                    "", "identity"):
+                declared = 0
             got = 0
+            # disable=None: no bar when stderr is not a terminal (logs, CI, DVC captures)
             with open(target, "wb") as fh, tqdm(total=declared or None, unit="B",
                                                 unit_scale=True, desc="download",
-                                                leave=False, mininterval=0.5) as bar:
+                                                leave=False, mininterval=0.5,
+                                                disable=None) as bar:
                 for chunk in response.iter_content(chunk_size=1 << 16):
                     got += len(chunk)
                     if got > max_bytes:

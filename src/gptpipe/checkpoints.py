@@ -1,0 +1,63 @@
+"""Checkpoints and the trained model file: torch.save written atomically,
+read back only with `weights_only=True` (no pickle of arbitrary objects).
+
+A checkpoint carries what identifies its run (params and data hashes); one
+from other params or data is refused with the keys that differ.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .files import atomic_path
+
+MODEL_FORMAT = "gptpipe.model/1"
+CHECKPOINT_FORMAT = "gptpipe.checkpoint/1"
+
+
+def identity_key(identity: dict) -> str:
+    """A short stable hash naming a run's checkpoint folder."""
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save(path: str | Path, payload: dict) -> None:
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(payload, tmp)
+
+
+def load(path: str | Path, what: str = "checkpoint") -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no {what} here")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: corrupted or truncated {what}, refused ({first[:120]})") \
+            from None
+    except Exception as exc:  # noqa: BLE001 - weights_only refusals have several types
+        raise UserError(f"{path}: not a gptpipe {what}, refused "
+                        f"({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or "format" not in payload:
+        raise UserError(f"{path}: not a gptpipe {what}")
+    return payload
+
+
+def check_identity(path: Path, stored: dict, expected: dict) -> None:
+    differ = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
+    if differ:
+        shown = ", ".join(f"{k} ({stored.get(k)!r} != {expected.get(k)!r})" for k in differ[:4])
+        raise UserError(f"{path}: checkpoint is from another run, refused: {shown}")
+
+
+def load_model_file(path: str | Path) -> dict:
+    payload = load(path, "model file")
+    if payload.get("format") != MODEL_FORMAT:
+        raise UserError(f"{path}: not a gptpipe model file (format {payload.get('format')!r})")
+    return payload

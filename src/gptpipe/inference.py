@@ -1,0 +1,53 @@
+"""Loading a trained model with its tokenizer, and sampling text from it;
+shared by the evaluate and sample stages and the `gptpipe sample` command."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import checkpoints, tokenizers
+from .errors import UserError
+from .files import sha256_file
+from .model import ModelConfig, build
+from .params import SampleParams
+from .sampling import generate
+
+
+def load_model(model_path: str | Path, tokenizer_path: str | Path | None = None,
+               device: str = "cpu"):
+    model_path = Path(model_path)
+    if not model_path.exists():
+        raise UserError(f"{model_path}: no trained model yet; run `dvc repro train` first")
+    payload = checkpoints.load_model_file(model_path)
+    ref = payload["tokenizer"]
+    tokenizer_path = Path(tokenizer_path or ref["path"])
+    if not tokenizer_path.exists():
+        raise UserError(f"{tokenizer_path}: the model's tokenizer is missing; run "
+                        "`dvc repro tokenize` (or `dvc checkout`)")
+    if sha256_file(tokenizer_path) != ref["sha256"]:
+        raise UserError(f"{tokenizer_path}: not the tokenizer {model_path} was trained with "
+                        "(sha256 differs); run `dvc repro` to retrain")
+    model = build(ModelConfig(**payload["model_config"]))
+    model.load_state_dict(payload["state_dict"])
+    model.to(torch.device(device)).eval()
+    return model, tokenizers.load(tokenizer_path)
+
+
+def encode_prompt(tokenizer, prompt: str, what: str) -> list[int]:
+    if prompt == "":
+        raise UserError(f"{what}: the prompt is empty; give at least one character")
+    return tokenizer.encode(prompt, what).tolist()
+
+
+def sample_texts(model, tokenizer, s: SampleParams) -> list[dict]:
+    """num_samples texts per prompt; sample i of prompt j uses seed s.seed + i."""
+    rows = []
+    for j, prompt in enumerate(s.prompts):
+        ids = encode_prompt(tokenizer, prompt, f"sample.prompts[{j}]")
+        for i in range(s.num_samples):
+            seed = s.seed + i
+            new = generate(model, ids, s.max_new_tokens, temperature=s.temperature,
+                           top_k=s.top_k, top_p=s.top_p, seed=seed)
+            rows.append({"prompt": prompt, "seed": seed, "text": tokenizer.decode(new)})
+    return rows

@@ -1,0 +1,170 @@
+"""All MLflow code: where runs go, creating and reopening them, logging.
+
+The tracking URI is MLFLOW_TRACKING_URI when set, else a sqlite store at the
+project root (from DVC_ROOT under `dvc exp`), so `mlflow ui` started in the
+repo shows every run. Everything goes through MlflowClient with explicit run
+ids: no global active run, so MLFLOW_RUN_ID and fluent state cannot leak
+between stages.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .errors import StopRequested, UserError
+from .lineage import repo_root
+
+_LOCK_RETRIES = 20
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def redact_uri(uri: str) -> str:
+    parts = urllib.parse.urlsplit(uri)
+    if "@" in parts.netloc:
+        return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+    return uri
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail before training, not after, when the tracking store cannot be used."""
+    scheme = urllib.parse.urlsplit(uri).scheme
+    if scheme in ("http", "https"):
+        import requests
+
+        try:
+            response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+            response.raise_for_status()
+        except requests.RequestException as exc:
+            raise UserError(f"MLflow tracking server {redact_uri(uri)} is unreachable "
+                            f"({type(exc).__name__}); start it or unset "
+                            "MLFLOW_TRACKING_URI") from None
+    elif scheme == "sqlite":
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UserError(f"MLflow store {uri}: folder {folder} is missing or not writable")
+
+
+def _retry_locked(fn, *args, **kwargs):
+    """sqlite allows one writer: parallel `dvc exp run -j 2` jobs wait their turn."""
+    for attempt in range(_LOCK_RETRIES):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - MlflowException wraps OperationalError
+            if "database is locked" not in str(exc) or attempt == _LOCK_RETRIES - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+class Tracker:
+    def __init__(self, uri: str | None = None):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri or tracking_uri()
+        check_reachable(self.uri)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    def experiment_id(self, name: str) -> str:
+        exp = _retry_locked(self.client.get_experiment_by_name, name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:"):
+            # Pin artifacts beside the store, not in the cwd (a temp dir under dvc exp).
+            location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        try:
+            return _retry_locked(self.client.create_experiment, name,
+                                 artifact_location=location)
+        except Exception:  # noqa: BLE001 - a parallel job created it first
+            exp = _retry_locked(self.client.get_experiment_by_name, name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def create_run(self, experiment: str, run_name: str | None, params: dict,
+                   tags: dict) -> str:
+        run = _retry_locked(self.client.create_run, self.experiment_id(experiment),
+                            run_name=run_name, tags=tags)
+        self.log_params_once(run.info.run_id, params)
+        return run.info.run_id
+
+    def reopen(self, run_id: str) -> None:
+        try:
+            _retry_locked(self.client.update_run, run_id, status="RUNNING")
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"MLflow run {run_id} not found in {redact_uri(self.uri)} "
+                            f"({type(exc).__name__}); rerun train with "
+                            "`dvc repro --force train`") from None
+
+    def end(self, run_id: str, status: str) -> None:
+        _retry_locked(self.client.set_terminated, run_id, status=status)
+
+    def log_params_once(self, run_id: str, params: dict) -> None:
+        """Log keys the run lacks; a key it holds with another value becomes a tag
+        (MLflow keeps one value per param key per run)."""
+        from mlflow.entities import Param, RunTag
+
+        have = _retry_locked(self.client.get_run, run_id).data.params
+        new = [Param(k, str(v)) for k, v in params.items() if k not in have]
+        changed = [RunTag(f"current.{k}", str(v)) for k, v in params.items()
+                   if k in have and have[k] != str(v)]
+        for i in range(0, len(new), 100):
+            _retry_locked(self.client.log_batch, run_id, params=new[i:i + 100])
+        if changed:
+            _retry_locked(self.client.log_batch, run_id, tags=changed)
+
+    def log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, int(step)) for key, value, step in rows]
+        for i in range(0, len(metrics), 1000):
+            _retry_locked(self.client.log_batch, run_id, metrics=metrics[i:i + 1000])
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
+        _retry_locked(self.client.log_batch, run_id,
+                      tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None):
+        _retry_locked(self.client.log_artifact, run_id, str(path), artifact_path)
+
+    def log_table(self, run_id: str, rows: list[dict], artifact_file: str) -> None:
+        import mlflow
+
+        columns = {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+        # Replace, not append: a rerun of sample shows its own rows.
+        _retry_locked(mlflow.log_table, data=columns, artifact_file=artifact_file,
+                      run_id=run_id)
+
+    @contextlib.contextmanager
+    def stage(self, run_id: str) -> Iterator[None]:
+        """Reopen a run for a stage; mark it FAILED (or KILLED) if the stage fails."""
+        self.reopen(run_id)
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.end(run_id, "KILLED")
+            raise
+        except BaseException as exc:
+            self.end(run_id, "KILLED" if isinstance(exc, StopRequested) else "FAILED")
+            raise
+        self.end(run_id, "FINISHED")
+
+
+def read_run_ref(path: Path) -> dict:
+    from .files import read_json
+
+    ref = read_json(path)
+    if "run_id" not in ref:
+        raise UserError(f"{path}: no run_id (rerun the train stage)")
+    return ref

@@ -1,0 +1,267 @@
+"""The training loop: AdamW, warmup + cosine, clipping, fixed-batch evals,
+checkpoints that resume bit-exactly.
+
+Everything that decides the next step is in the checkpoint: weights, optimizer
+moments, the step, and every RNG (python, numpy, torch, the window sampler).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .batches import WindowSampler, fixed_batches, gather
+from .errors import StopRequested, UserError
+from .model import loss_fn
+from .params import TrainParams
+from .schedule import lr_at
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device: cuda was asked for but torch sees no CUDA device")
+    if name == "mps" and not (getattr(torch.backends, "mps", None)
+                              and torch.backends.mps.is_available()):
+        raise UserError("train.device: mps was asked for but is not available")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bf16 matmuls run natively (else autocast only costs)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - older builds lack the probe
+        return False
+
+
+def autocast_dtype(device: torch.device, mode: str) -> torch.dtype | None:
+    if mode == "off":
+        return None
+    if mode == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_fast_bf16() else None
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_deterministic(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = False
+
+
+def configure_optimizer(model: nn.Module, tp: TrainParams, device: torch.device):
+    """AdamW; weight decay on 2-D weights (matmuls, embeddings) only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": tp.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=tp.lr, betas=(tp.beta1, tp.beta2),
+                             fused=device.type == "cuda")
+
+
+@dataclass
+class EvalRow:
+    step: int
+    lr: float
+    train_loss: float
+    val_loss: float
+    tokens_per_s: float
+    elapsed_s: float
+
+
+@dataclass
+class Trainer:
+    model: nn.Module
+    train_data: np.ndarray
+    val_data: np.ndarray
+    tp: TrainParams
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    rank: int = 0
+    world_size: int = 1
+    ddp_model: nn.Module | None = None
+    step: int = 0
+    elapsed_s: float = 0.0
+    history: list[EvalRow] = field(default_factory=list)
+    batch_losses: list[tuple[int, float, float]] = field(default_factory=list)
+
+    def __post_init__(self):
+        block = self.model.cfg.block_size
+        self.optimizer = configure_optimizer(self.model, self.tp, self.device)
+        self.sampler = WindowSampler(self.train_data, block, self.tp.batch_size,
+                                     self.tp.seed, stream=self.rank)
+        self.eval_sets = {
+            split: fixed_batches(data, block, self.tp.batch_size, self.tp.eval_batches,
+                                 self.tp.seed, split)
+            for split, data in (("train", self.train_data), ("val", self.val_data))}
+
+    # -- state ---------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "elapsed_s": self.elapsed_s,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {
+                "python": _python_rng_state(),
+                "numpy_global": _numpy_global_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "sampler": self.sampler.state(),
+            },
+            "history": [row.__dict__ for row in self.history],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.elapsed_s = float(state["elapsed_s"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        rng = state["rng"]
+        random.setstate(_to_python_rng_state(rng["python"]))
+        np.random.set_state(_to_numpy_global_state(rng["numpy_global"]))
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.sampler.load_state(rng["sampler"])
+        self.history = [EvalRow(**row) for row in state["history"]]
+
+    # -- evaluation ----------------------------------------------------------
+    @torch.no_grad()
+    def estimate_loss(self) -> dict[str, float]:
+        """Mean loss on the fixed eval batches: the same windows every time."""
+        self.model.eval()
+        out = {}
+        for split, data in (("train", self.train_data), ("val", self.val_data)):
+            losses = []
+            for starts in self.eval_sets[split]:
+                x, y = gather(data, starts, self.model.cfg.block_size, self.device)
+                with autocast(self.device, self.amp_dtype):
+                    losses.append(loss_fn(self.model(x), y).item())
+            out[split] = float(np.mean(losses))
+        self.model.train()
+        return out
+
+    # -- the loop ------------------------------------------------------------
+    def train_step(self) -> float:
+        lr = lr_at(self.step, self.tp.lr, self.tp.min_lr, self.tp.warmup_iters,
+                   self.tp.max_iters)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        net = self.ddp_model or self.model
+        total = 0.0
+        for micro in range(self.tp.grad_accum):
+            x, y = self.sampler.next(self.device)
+            sync = contextlib.nullcontext()
+            if self.ddp_model is not None and micro < self.tp.grad_accum - 1:
+                sync = self.ddp_model.no_sync()
+            with sync:
+                with autocast(self.device, self.amp_dtype):
+                    loss = loss_fn(net(x), y) / self.tp.grad_accum
+                loss.backward()
+            total += loss.item()
+        if not math.isfinite(total):
+            raise NonFiniteLoss(f"train: loss is {total} at step {self.step + 1}; stopped "
+                                "(the last good checkpoint is kept); lower train.lr or "
+                                "raise train.grad_clip")
+        if self.tp.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tp.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.batch_losses.append((self.step, lr, total))
+        return total
+
+    def run(self, on_eval: Callable[[EvalRow], None] | None = None,
+            on_checkpoint: Callable[["Trainer"], None] | None = None,
+            should_stop: Callable[[], bool] = lambda: False,
+            progress: Callable[[int, float, float], None] | None = None) -> None:
+        tokens_per_step = (self.tp.batch_size * self.tp.grad_accum * self.world_size
+                           * self.model.cfg.block_size)
+        self.model.train()
+        if self.step == 0:
+            self._evaluate(on_eval, tokens_per_s=0.0)
+        t_last, steps_since = time.perf_counter(), 0
+        while self.step < self.tp.max_iters:
+            t0 = time.perf_counter()
+            loss = self.train_step()
+            dt = time.perf_counter() - t0
+            self.elapsed_s += dt
+            steps_since += 1
+            if progress is not None:
+                progress(self.step, loss, tokens_per_step / max(dt, 1e-9))
+            if self.step % self.tp.eval_interval == 0 or self.step == self.tp.max_iters:
+                rate = tokens_per_step * steps_since / max(time.perf_counter() - t_last, 1e-9)
+                t_eval = time.perf_counter()
+                self._evaluate(on_eval, tokens_per_s=rate)
+                self.elapsed_s += time.perf_counter() - t_eval
+                t_last, steps_since = time.perf_counter(), 0
+            if on_checkpoint is not None and (self.step % self.tp.checkpoint_interval == 0
+                                              or self.step == self.tp.max_iters):
+                on_checkpoint(self)
+            if should_stop():
+                if on_checkpoint is not None and self.step % self.tp.checkpoint_interval:
+                    on_checkpoint(self)
+                raise StopRequested(f"train: stopped by a signal at step {self.step}; the "
+                                    "checkpoint is kept: rerun `dvc repro` to resume")
+
+    def _evaluate(self, on_eval, tokens_per_s: float) -> None:
+        losses = self.estimate_loss()
+        lr = lr_at(max(self.step - 1, 0), self.tp.lr, self.tp.min_lr, self.tp.warmup_iters,
+                   self.tp.max_iters)
+        row = EvalRow(self.step, lr, losses["train"], losses["val"], tokens_per_s,
+                      self.elapsed_s)
+        self.history.append(row)
+        if on_eval is not None:
+            on_eval(row)
+
+
+# RNG states as plain lists/ints, so checkpoints load with weights_only=True.
+def _python_rng_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _to_python_rng_state(state: list) -> tuple:
+    return (state[0], tuple(state[1]), state[2])
+
+
+def _numpy_global_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _to_numpy_global_state(state: dict) -> tuple:
+    return (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"],
+            state["has_gauss"], state["cached"])

@@ -1,0 +1,46 @@
+"""evaluate: loss, perplexity and bits per character over the whole val and train splits."""
+from pathlib import Path
+
+from gptpipe import params, tokenizers
+from gptpipe.arrays import load_tokens
+from gptpipe.errors import run_main
+from gptpipe.files import write_json
+from gptpipe.tracking import Tracker, read_run_ref
+
+TRAIN, VAL = Path("data/split/train.npy"), Path("data/split/val.npy")
+TOKENIZER = Path("data/tokens/tokenizer.json")
+MODEL = Path("models/model.pt")
+RUN_REF = Path("reports/mlflow_run.json")
+METRICS = Path("reports/metrics.json")
+
+
+def main() -> None:
+    p = params.load()
+    run_id = read_run_ref(RUN_REF)["run_id"]
+    tracker = Tracker()
+    from gptpipe.evaluation import split_metrics, total_nats
+    from gptpipe.inference import load_model
+
+    model, _ = load_model(MODEL, tokenizer_path=TOKENIZER)
+    tokenizer = tokenizers.load(TOKENIZER)
+    device = next(model.parameters()).device
+    metrics = {}
+    with tracker.stage(run_id):
+        tracker.log_params_once(run_id, p.flat(("evaluate",)))
+        for split, path in (("val", VAL), ("train", TRAIN)):
+            data = load_tokens(path)
+            nats, n_targets = total_nats(model, data, p.evaluate.batch_size, device)
+            n_chars = len(tokenizer.decode(data[1:].tolist()))
+            metrics[split] = {k: round(v, 6) if isinstance(v, float) else v
+                              for k, v in split_metrics(nats, n_targets, n_chars).items()}
+            print(f"evaluate: {split}: loss {metrics[split]['loss']:.4f}, "
+                  f"bits/char {metrics[split]['bits_per_char']:.4f}", flush=True)
+        write_json(METRICS, metrics)
+        tracker.log_metrics(run_id, [(f"{split}.{key}", value, 0)
+                                     for split, values in metrics.items()
+                                     for key, value in values.items()])
+        tracker.log_artifact(run_id, METRICS, "metrics")
+
+
+if __name__ == "__main__":
+    run_main(main, "evaluate")

@@ -1,0 +1,46 @@
+"""sample: generate text from the trained model for each prompt, seeded."""
+from pathlib import Path
+
+from gptpipe import params
+from gptpipe.errors import run_main
+from gptpipe.files import write_json, write_text
+from gptpipe.tracking import Tracker, read_run_ref
+
+TOKENIZER = Path("data/tokens/tokenizer.json")
+MODEL = Path("models/model.pt")
+RUN_REF = Path("reports/mlflow_run.json")
+SAMPLES_MD, SAMPLES_JSON = Path("reports/samples.md"), Path("reports/samples.json")
+
+
+def main() -> None:
+    p = params.load()
+    s = p.sample
+    run_id = read_run_ref(RUN_REF)["run_id"]
+    tracker = Tracker()
+    from gptpipe.inference import load_model, sample_texts
+
+    model, tokenizer = load_model(MODEL, tokenizer_path=TOKENIZER)
+    with tracker.stage(run_id):
+        tracker.log_params_once(run_id, p.flat(("sample",)))
+        rows = sample_texts(model, tokenizer, s)
+        write_json(SAMPLES_JSON, {"settings": p.flat(("sample",)), "samples": rows})
+        write_text(SAMPLES_MD, _markdown(rows, s))
+        tracker.log_artifact(run_id, SAMPLES_MD, "samples")
+        tracker.log_artifact(run_id, SAMPLES_JSON, "samples")
+        tracker.log_table(run_id, [{"prompt": r["prompt"], "temperature": s.temperature,
+                                    "seed": r["seed"], "text": r["text"]} for r in rows],
+                          "samples/table.json")
+    print(f"sample: {len(rows)} samples -> {SAMPLES_MD}")
+
+
+def _markdown(rows, s) -> str:
+    out = [f"# Samples\n\ntemperature {s.temperature}, top_k {s.top_k}, top_p {s.top_p}, "
+           f"{s.max_new_tokens} new tokens, seed {s.seed}\n"]
+    for i, row in enumerate(rows, 1):
+        out.append(f"## Sample {i}: prompt {row['prompt']!r}\n\n```text\n"
+                   f"{row['prompt']}{row['text']}\n```\n")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    run_main(main, "sample")

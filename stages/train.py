@@ -1,0 +1,142 @@
+"""train: fit the model on data/split/, log the run to MLflow, write models/model.pt.
+
+Resumes exactly from the checkpoint of an interrupted run with the same
+params and data (kept under .gptpipe/checkpoints/, where DVC never deletes it).
+MLflow gets a run's metrics only once the checkpoint covering them is on disk,
+so a resumed run continues the same metric history without duplicates.
+"""
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from gptpipe import checkpoints, params
+from gptpipe.arrays import load_tokens
+from gptpipe.errors import run_main
+from gptpipe.files import read_json, sha256_file, write_json
+from gptpipe.lineage import git_state, repo_root, stage_hashes
+from gptpipe.reporting import history_csv, losses_csv, write_loss_curve, write_text
+from gptpipe.tracking import Tracker
+
+TRAIN, VAL = Path("data/split/train.npy"), Path("data/split/val.npy")
+TOKENIZER = Path("data/tokens/tokenizer.json")
+MODEL = Path("models/model.pt")
+SUMMARY, LOSSES = Path("reports/train.json"), Path("reports/train_losses.csv")
+HISTORY, CURVE = Path("reports/train_history.csv"), Path("reports/loss_curve.png")
+RUN_REF = Path("reports/mlflow_run.json")
+
+
+def main() -> None:
+    p = params.load()
+    tracker = Tracker()  # fails now, not after training, if the store is unreachable
+    import torch
+    from tqdm import tqdm
+
+    from gptpipe.model import ModelConfig, build, count_params
+    from gptpipe.training import Trainer, autocast_dtype, make_deterministic, pick_device
+
+    data_hashes = {"train.npy": sha256_file(TRAIN), "val.npy": sha256_file(VAL),
+                   "tokenizer.json": sha256_file(TOKENIZER)}
+    identity = {**p.flat(("model", "train")), **{f"sha256.{k}": v for k, v in data_hashes.items()}}
+    ckpt_dir = repo_root() / ".gptpipe" / "checkpoints" / checkpoints.identity_key(identity)
+    ckpt_path = ckpt_dir / "checkpoint.pt"
+
+    if p.train.threads:
+        torch.set_num_threads(p.train.threads)
+    make_deterministic(p.train.seed)
+    device = pick_device(p.train.device)
+    vocab = read_json(TOKENIZER)
+    cfg = ModelConfig(kind=p.model.kind, vocab_size=vocab["vocab_size"],
+                      block_size=p.model.block_size, n_layer=p.model.n_layer,
+                      n_head=p.model.n_head, n_embd=p.model.n_embd, dropout=p.model.dropout,
+                      bias=p.model.bias, tie_weights=p.model.tie_weights)
+    model = build(cfg).to(device)
+    amp = autocast_dtype(device, p.train.autocast)
+    trainer = Trainer(model, load_tokens(TRAIN), load_tokens(VAL), p.train, device, amp)
+
+    if ckpt_path.exists():
+        payload = checkpoints.load(ckpt_path)
+        checkpoints.check_identity(ckpt_path, payload["identity"], identity)
+        trainer.load_state_dict(payload["trainer"])
+        run_id = payload["run_id"]
+        print(f"train: resuming from step {trainer.step} ({ckpt_path})", flush=True)
+    else:
+        tags = {**git_state(), **stage_hashes(),
+                **{f"data.sha256.{k}": v for k, v in data_hashes.items()},
+                "data.sha256.raw": _raw_corpus_sha256(), "gptpipe.params_key": ckpt_dir.name}
+        exclude = ("evaluate", "sample")  # logged by their stages, which may rerun
+        flat = p.flat(tuple(s for s in p.flat_sections() if s not in exclude))
+        run_id = tracker.create_run(p.mlflow.experiment, os.environ.get("DVC_EXP_NAME"),
+                                    flat, tags)
+    print(f"train: {cfg.kind}, {count_params(model):,} parameters, device {device}"
+          f"{', bf16 autocast' if amp else ''}, MLflow run {run_id}", flush=True)
+
+    pending: list[tuple[str, float, int]] = []
+
+    def on_eval(row) -> None:
+        pending.extend([("train_loss", row.train_loss, row.step),
+                        ("val_loss", row.val_loss, row.step)])
+        if row.step:
+            pending.append(("tokens_per_s", row.tokens_per_s, row.step))
+        bar.write(f"step {row.step:>6}: train {row.train_loss:.4f}, val {row.val_loss:.4f}")
+
+    def on_checkpoint(t) -> None:
+        checkpoints.save(ckpt_path, {"format": checkpoints.CHECKPOINT_FORMAT,
+                                     "identity": identity, "run_id": run_id,
+                                     "trainer": t.state_dict()})
+        rows = pending + [(k, v, s) for s, lr, loss in t.batch_losses
+                          for k, v in (("batch_loss", loss), ("lr", lr))]
+        tracker.log_metrics(run_id, rows)
+        pending.clear()
+        t.batch_losses.clear()
+
+    stop = {"signal": None}
+
+    def request_stop(signum, frame) -> None:
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    with tracker.stage(run_id):
+        with tqdm(total=p.train.max_iters, initial=trainer.step, desc="train",
+                  mininterval=1.0, dynamic_ncols=True) as bar:
+            def progress(step, loss, tokens_per_s):
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+
+            trainer.run(on_eval, on_checkpoint, lambda: stop["signal"] is not None, progress)
+        _write_outputs(trainer, cfg, p, data_hashes, run_id, tracker)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+def _write_outputs(trainer, cfg, p, data_hashes, run_id, tracker) -> None:
+    from gptpipe.model import count_params
+
+    state = {k: v.detach().cpu().float().contiguous() for k, v in trainer.model.state_dict().items()}
+    checkpoints.save(MODEL, {
+        "format": checkpoints.MODEL_FORMAT, "model_config": cfg.as_dict(), "state_dict": state,
+        "tokenizer": {"path": TOKENIZER.as_posix(), "sha256": data_hashes["tokenizer.json"]},
+        "step": trainer.step})
+    last = trainer.history[-1]
+    write_json(SUMMARY, {"parameters": count_params(trainer.model), "steps": trainer.step,
+                         "final_train_loss": round(last.train_loss, 6),
+                         "final_val_loss": round(last.val_loss, 6),
+                         "model": cfg.as_dict()})
+    write_text(LOSSES, losses_csv(trainer.history))
+    write_text(HISTORY, history_csv(trainer.history))
+    write_loss_curve(trainer.history, CURVE, f"{cfg.kind}: {count_params(trainer.model):,} params")
+    write_json(RUN_REF, {"run_id": run_id, "experiment": p.mlflow.experiment})
+    tracker.log_artifact(run_id, CURVE, "plots")
+    tracker.log_artifact(run_id, HISTORY, "history")
+    tracker.log_artifact(run_id, TOKENIZER, "tokenizer")
+    if p.mlflow.log_model:
+        tracker.log_artifact(run_id, MODEL, "model")
+
+
+def _raw_corpus_sha256() -> str:
+    report = Path("reports/download.json")
+    return read_json(report).get("sha256", "unknown") if report.exists() else "unknown"
+
+
+if __name__ == "__main__":
+    run_main(main, "train")
