@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # range would pull a multi-GB CUDA build. Elsewhere pip takes the platform's build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install install-dev run test test-fast bench clean-state
+.PHONY: install install-dev run test test-slow bench
 
 $(BIN)/python:
 	@echo "==> creating $(VENV)"
@@ -28,11 +28,12 @@ run: install
 	@bash scripts/run_pipeline.sh
 
 test: install-dev
-	@echo "==> running the tests"
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
-
-test-fast: install-dev
+	@echo "==> running the tests (the long end-to-end checks: make test-slow)"
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install-dev
+	@echo "==> running the long end-to-end checks"
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 bench: install-dev
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)

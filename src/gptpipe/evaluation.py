@@ -18,7 +18,7 @@ from .batches import gather
 from .model import loss_fn
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def total_nats(model: nn.Module, data: np.ndarray, batch_size: int,
                device: torch.device, amp=None) -> tuple[float, int]:
     """Sum of -log p(target) over every target of `data`, and how many targets."""

@@ -1,0 +1,100 @@
+"""`gptpipe`: commands for people, outside DVC.
+
+    gptpipe sample --prompt "ROMEO:"     stream text from the trained model
+    gptpipe lineage RUN_ID               how to get back the code and data of a run
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError, run_main
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from . import params as params_mod
+    from .inference import encode_prompt, load_model
+    from .sampling import stream
+
+    defaults = params_mod.SampleParams()
+    if Path(args.params).exists():
+        defaults = params_mod.load(args.params).sample
+    temperature = defaults.temperature if args.temperature is None else args.temperature
+    top_k = defaults.top_k if args.top_k is None else (args.top_k or None)
+    top_p = defaults.top_p if args.top_p is None else args.top_p
+    max_new = defaults.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
+    seed = defaults.seed if args.seed is None else args.seed
+    # The same rules as params.yaml's sample section, named by their flags.
+    params_mod.from_dict({"sample": {"temperature": temperature, "top_k": top_k,
+                                     "top_p": top_p, "max_new_tokens": max_new}})
+    model, tokenizer = load_model(args.model)
+    prompt = args.prompt if args.prompt is not None else defaults.prompts[0]
+    ids = encode_prompt(tokenizer, prompt, "--prompt")
+    decode = tokenizer.stream_decoder()
+    out = sys.stdout
+    out.write(prompt)
+    for token in stream(model, ids, max_new, temperature=temperature, top_k=top_k,
+                        top_p=top_p, seed=seed, use_cache=not args.no_cache):
+        out.write(decode([token]))
+        out.flush()
+    out.write("\n")
+
+
+def _lineage(args: argparse.Namespace) -> None:
+    from .lineage import git_state, stage_hashes
+    from .tracking import Tracker
+
+    tracker = Tracker()
+    try:
+        run = tracker.client.get_run(args.run_id)
+    except Exception as exc:  # noqa: BLE001 - MlflowException for unknown ids
+        raise UserError(f"run {args.run_id}: not found in {tracker.uri} "
+                        f"({type(exc).__name__})") from None
+    tags = run.data.tags
+    commit, dirty = tags.get("git.commit", "unknown"), tags.get("git.dirty", "unknown")
+    print(f"run {args.run_id} ({run.info.run_name}, {run.info.status})")
+    print(f"  git commit {commit}" + ("  (the working tree was dirty)" if dirty == "true" else ""))
+    for key in sorted(k for k in tags if k.startswith("data.sha256.")):
+        print(f"  {key[len('data.sha256.'):]}: {tags[key]}")
+    print("to get that state back:")
+    print(f"  git checkout {commit} && dvc checkout")
+    now, recorded = {**git_state(), **stage_hashes()}, {k: v for k, v in tags.items()
+                                                         if k.startswith(("git.", "dvc."))}
+    differ = sorted(k for k in recorded if now.get(k) != recorded[k])
+    if differ:
+        print(f"the workspace does not match: {', '.join(differ)}")
+    else:
+        print("the workspace matches this run")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="gptpipe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+    sample = commands.add_parser("sample", help="stream text from the trained model")
+    sample.add_argument("--prompt", default=None)
+    sample.add_argument("--model", default="models/model.pt")
+    sample.add_argument("--params", default="params.yaml",
+                        help="defaults come from its sample section")
+    sample.add_argument("--max-new-tokens", type=int, default=None)
+    sample.add_argument("--temperature", type=float, default=None)
+    sample.add_argument("--top-k", type=int, default=None, help="0 = off")
+    sample.add_argument("--top-p", type=float, default=None)
+    sample.add_argument("--seed", type=int, default=None)
+    sample.add_argument("--no-cache", action="store_true",
+                        help="recompute the whole context every token (slow; for checking)")
+    sample.set_defaults(func=_sample)
+    lineage = commands.add_parser("lineage", help="the code and data behind an MLflow run")
+    lineage.add_argument("run_id")
+    lineage.set_defaults(func=_lineage)
+    args = parser.parse_args(argv)
+    if args.debug:
+        os.environ["GPTPIPE_DEBUG"] = "1"
+    run_main(lambda: args.func(args), "gptpipe")
+
+
+if __name__ == "__main__":
+    main()

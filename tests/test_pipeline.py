@@ -1,0 +1,83 @@
+"""End to end: the seven stages under real DVC, the run in a real sqlite MLflow store."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import run
+
+
+def _client(project):
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+
+def _run_id(project) -> str:
+    return json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
+
+
+def _ran(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines()
+            if line.startswith("Running stage '")]
+
+
+@pytest.mark.slow
+def test_seven_stages_then_sample_only_rerun_into_the_same_run(project):
+    result = run(["dvc", "repro"], project)
+    assert _ran(result.stdout) == ["download", "clean", "tokenize", "split", "train",
+                                   "evaluate", "sample"]
+    for out in ("models/model.pt", "reports/metrics.json", "reports/samples.md",
+                "reports/samples.json", "reports/train_losses.csv",
+                "reports/train_history.csv", "reports/loss_curve.png"):
+        assert (project / out).stat().st_size > 0, out
+
+    client = _client(project)
+    run_id = _run_id(project)
+    mlrun = client.get_run(run_id)
+    assert mlrun.info.status == "FINISHED"
+    p = mlrun.data.params
+    assert p["model.n_layer"] == "1" and p["train.max_iters"] == "30"
+    assert p["evaluate.batch_size"] == "64" and p["sample.num_samples"] == "1"
+    # 30 steps, evals every 10 from step 0: 4 points; a batch loss every step
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [0, 10, 20, 30]
+    assert len(client.get_metric_history(run_id, "batch_loss")) == 30
+    assert len(client.get_metric_history(run_id, "lr")) == 30
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert mlrun.data.metrics["val.loss"] == pytest.approx(metrics["val"]["loss"])
+    assert mlrun.data.metrics["val.bits_per_char"] > 0
+    tags = mlrun.data.tags
+    assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
+    assert len(tags["data.sha256.train.npy"]) == 64
+    artifacts = {a.path for a in client.list_artifacts(run_id, "samples")}
+    assert {"samples/samples.md", "samples/samples.json", "samples/table.json"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run_id, "plots")} == {"plots/loss_curve.png"}
+
+    # no change: nothing runs
+    assert _ran(run(["dvc", "repro"], project).stdout) == []
+
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "trained"], project)
+    result = run(["dvc", "exp", "run", "-S", "sample.temperature=0.5"], project)
+    assert _ran(result.stdout) == ["sample"]
+    assert _run_id(project) == run_id
+    mlrun = client.get_run(run_id)
+    assert mlrun.info.status == "FINISHED"
+    assert mlrun.data.params["sample.temperature"] == "0.8"  # logged once, never again
+    assert mlrun.data.tags["current.sample.temperature"] == "0.5"
+    samples = json.loads((project / "reports/samples.json").read_text())
+    assert samples["settings"]["sample.temperature"] == 0.5
+    assert len(client.search_runs([mlrun.info.experiment_id])) == 1
+
+
+def test_sample_command_streams_from_the_trained_model(project):
+    run(["dvc", "repro", "train"], project)
+    out = run(["gptpipe", "sample", "--prompt", "ROMEO:", "--max-new-tokens", "30",
+               "--seed", "7"], project)
+    again = run(["gptpipe", "sample", "--prompt", "ROMEO:", "--max-new-tokens", "30",
+                 "--seed", "7"], project)
+    assert out.stdout.startswith("ROMEO:") and len(out.stdout) > len("ROMEO:") + 10
+    assert out.stdout == again.stdout
+    bad = run(["gptpipe", "sample", "--prompt", "€uro"], project, check=False)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().count("\n") == 0 and "'€'" in bad.stderr

@@ -1,0 +1,268 @@
+"""The training loop with real torch on tiny models: learning, fixed evals,
+bit-exact resume through a checkpoint file, schedule, weight decay, NaN guard,
+and refusing corrupted checkpoints."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gptpipe import checkpoints
+from gptpipe.errors import UserError
+from gptpipe.model import ModelConfig, build
+from gptpipe.params import TrainParams
+from gptpipe.schedule import lr_at
+from gptpipe.tokenizers import CharTokenizer
+from gptpipe.training import NonFiniteLoss, Trainer
+
+torch.set_num_threads(1)
+
+CPU = torch.device("cpu")
+TEXT = "the quick brown fox jumps over the lazy dog.\n" * 40
+TOK = CharTokenizer.train(TEXT)
+DATA = TOK.encode(TEXT).astype(np.uint8)
+TRAIN, VAL = DATA[:1500], DATA[1500:]
+
+
+def make_model(kind: str = "gpt", seed: int = 0, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    cfg = dict(kind=kind, vocab_size=TOK.vocab_size, block_size=16, n_layer=1, n_head=2,
+               n_embd=32)
+    cfg.update(overrides)
+    return build(ModelConfig(**cfg))
+
+
+def make_trainer(model, **tp) -> Trainer:
+    defaults = dict(batch_size=8, max_iters=200, lr=3e-3, min_lr=1e-4, warmup_iters=10,
+                    eval_batches=4, seed=1337)
+    defaults.update(tp)
+    return Trainer(model, TRAIN, VAL, TrainParams(**defaults), CPU)
+
+
+def train_to(trainer: Trainer, step: int) -> None:
+    while trainer.step < step:
+        trainer.train_step()
+
+
+# -- it learns ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind,lr,steps,factor", [("bigram", 0.1, 200, 0.6),
+                                                  ("gpt", 1e-2, 200, 0.4)])
+def test_a_few_hundred_steps_lower_the_loss_clearly(kind, lr, steps, factor):
+    trainer = make_trainer(make_model(kind), lr=lr, max_iters=steps)
+    before = trainer.estimate_loss()
+    # an untrained model is near uniform over the vocabulary
+    assert before["val"] == pytest.approx(np.log(TOK.vocab_size), abs=0.2)
+    trainer.run()
+    after = trainer.estimate_loss()
+    assert trainer.step == steps
+    assert after["train"] < factor * before["train"], (before, after)
+    assert after["val"] < factor * before["val"], (before, after)
+    # run() records an eval at step 0 and at the end
+    assert trainer.history[0].step == 0 and trainer.history[-1].step == steps
+    assert trainer.history[-1].val_loss == pytest.approx(after["val"])
+
+
+# -- fixed evaluation batches --------------------------------------------------------
+
+def test_fixed_eval_batches_are_the_same_every_call_and_across_trainers():
+    model = make_model(dropout=0.2)  # eval must switch dropout off
+    a = make_trainer(model)
+    b = make_trainer(model)
+    for split in ("train", "val"):
+        assert len(a.eval_sets[split]) == 4
+        for xa, xb in zip(a.eval_sets[split], b.eval_sets[split]):
+            assert np.array_equal(xa, xb)
+    # the train and val sets are different draws
+    assert not np.array_equal(a.eval_sets["train"][0], a.eval_sets["val"][0])
+
+    first = a.estimate_loss()
+    torch.manual_seed(12345)  # move every RNG a loss estimate could depend on
+    np.random.seed(6789)
+    b.sampler.next(CPU)
+    assert a.estimate_loss() == first
+    assert b.estimate_loss() == first
+    assert model.training  # estimate_loss puts the model back in train mode
+
+    # training moves the sampler but not the eval windows
+    sets_before = [s.copy() for s in a.eval_sets["val"]]
+    train_to(a, 3)
+    assert all(np.array_equal(x, y) for x, y in zip(sets_before, a.eval_sets["val"]))
+
+
+# -- exact resume ---------------------------------------------------------------------
+
+def test_resume_from_a_checkpoint_file_is_bit_exact(tmp_path: Path):
+    N, k = 30, 12
+    tp = dict(max_iters=N, warmup_iters=5)
+
+    straight = make_trainer(make_model(dropout=0.1, seed=0), **tp)
+    train_to(straight, N)
+
+    first = make_trainer(make_model(dropout=0.1, seed=0), **tp)
+    train_to(first, k)
+    path = tmp_path / "ckpt" / "checkpoint.pt"
+    checkpoints.save(path, {"format": checkpoints.CHECKPOINT_FORMAT,
+                            "identity": {"x": 1}, "trainer": first.state_dict()})
+    del first
+
+    # A new process would start from other RNG states and fresh weights.
+    torch.manual_seed(999)
+    np.random.seed(999)
+    random.seed(999)
+    payload = checkpoints.load(path)  # weights_only
+    resumed = make_trainer(make_model(dropout=0.1, seed=7), **tp)
+    resumed.load_state_dict(payload["trainer"])
+    assert resumed.step == k
+    train_to(resumed, N)
+
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs after resume"
+    # and the optimizer moments too
+    sa, sb = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    for i in sa:
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(sa[i][key], sb[i][key])
+    assert [l for _, _, l in straight.batch_losses[k:]] == [l for _, _, l in resumed.batch_losses]
+
+
+# -- learning-rate schedule ------------------------------------------------------------
+
+def test_warmup_rises_linearly_then_cosine_reaches_min_lr():
+    lr, min_lr, warmup, max_iters = 1e-3, 1e-4, 10, 110
+    warm = [lr_at(s, lr, min_lr, warmup, max_iters) for s in range(warmup + 1)]
+    steps = np.diff(warm)
+    assert np.all(steps > 0)
+    assert np.allclose(steps, steps[0])            # linear
+    assert warm[0] > 0                              # the first step does learn
+    assert warm[warmup] == pytest.approx(lr)        # peak right after warmup
+    decay = [lr_at(s, lr, min_lr, warmup, max_iters) for s in range(warmup, max_iters + 1)]
+    assert np.all(np.diff(decay) <= 0)              # never rises after warmup
+    assert lr_at(warmup + (max_iters - warmup) // 2, lr, min_lr, warmup, max_iters) == \
+        pytest.approx((lr + min_lr) / 2)            # cosine: halfway at mid-decay
+    assert lr_at(max_iters, lr, min_lr, warmup, max_iters) == pytest.approx(min_lr)
+    assert lr_at(max_iters + 50, lr, min_lr, warmup, max_iters) == min_lr
+
+
+def test_trainer_applies_the_schedule_to_the_optimizer():
+    trainer = make_trainer(make_model("bigram"), lr=1e-2, min_lr=1e-3, warmup_iters=3,
+                           max_iters=12)
+    seen = []
+    while trainer.step < 12:
+        trainer.train_step()
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+    want = [lr_at(s, 1e-2, 1e-3, 3, 12) for s in range(12)]
+    assert seen == want
+    assert [lr for _, lr, _ in trainer.batch_losses] == want
+
+
+# -- weight decay --------------------------------------------------------------------
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_weight_decay_only_on_2d_params(tie):
+    model = make_model(n_layer=2, tie_weights=tie)
+    trainer = make_trainer(model, weight_decay=0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed, plain = set(), set()
+    for group in trainer.optimizer.param_groups:
+        target = decayed if group["weight_decay"] > 0 else plain
+        if group["weight_decay"] > 0:
+            assert group["weight_decay"] == 0.1
+        for p in group["params"]:
+            target.add(names[id(p)])
+    assert decayed and plain and not decayed & plain
+    assert decayed | plain == set(names.values())  # every parameter, once
+    for name, p in model.named_parameters():
+        assert (name in decayed) == (p.dim() == 2), name
+    assert "wte.weight" in decayed and "blocks.0.attn.c_attn.weight" in decayed
+    assert "blocks.0.ln_1.weight" in plain and "blocks.0.mlp.c_fc.bias" in plain
+
+
+# -- non-finite loss -----------------------------------------------------------------
+
+def test_nan_weight_raises_nonfinite_loss_with_the_step():
+    trainer = make_trainer(make_model())
+    train_to(trainer, 3)
+    with torch.no_grad():
+        trainer.model.ln_f.weight[0] = float("inf")
+    with pytest.raises(NonFiniteLoss, match=r"at step 4\b"):
+        trainer.train_step()
+    assert trainer.step == 3  # the bad step is not counted
+
+
+def test_absurd_learning_rate_raises_nonfinite_loss_and_keeps_good_weights():
+    trainer = make_trainer(make_model(), lr=1e6, min_lr=0.0, warmup_iters=0, grad_clip=0.0)
+    with pytest.raises(NonFiniteLoss) as info:
+        for _ in range(50):
+            trainer.train_step()
+    assert isinstance(info.value, UserError)
+    assert f"at step {trainer.step + 1}" in str(info.value)
+    assert "train.lr" in str(info.value)
+    # the failing step was not applied: the weights are what the last good step left
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+# -- corrupted checkpoints -------------------------------------------------------------
+
+class Opaque:
+    """Any class: unpickling it could run code, so weights_only must refuse it."""
+
+
+@pytest.fixture
+def good_checkpoint(tmp_path: Path) -> Path:
+    trainer = make_trainer(make_model("bigram"))
+    train_to(trainer, 2)
+    path = tmp_path / "checkpoint.pt"
+    checkpoints.save(path, {"format": checkpoints.CHECKPOINT_FORMAT, "identity": {},
+                            "trainer": trainer.state_dict()})
+    assert checkpoints.load(path)["trainer"]["step"] == 2
+    return path
+
+
+@pytest.mark.parametrize("keep", [0, 10, 0.5, -1])
+def test_truncated_checkpoint_is_refused_naming_the_path(good_checkpoint: Path, keep):
+    data = good_checkpoint.read_bytes()
+    n = int(len(data) * keep) if isinstance(keep, float) else keep % len(data)
+    bad = good_checkpoint.with_name("truncated.pt")
+    bad.write_bytes(data[:n])
+    with pytest.raises(UserError, match="truncated.pt"):
+        checkpoints.load(bad)
+
+
+def test_random_bytes_are_refused_naming_the_path(tmp_path: Path):
+    bad = tmp_path / "random.pt"
+    bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(UserError, match=str(bad)):
+        checkpoints.load(bad)
+
+
+def test_non_gptpipe_or_unsafe_files_are_refused(tmp_path: Path):
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(3)}, plain)  # valid torch file, no format
+    with pytest.raises(UserError, match="plain.pt"):
+        checkpoints.load(plain)
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"format": checkpoints.CHECKPOINT_FORMAT, "obj": Opaque()},
+               unsafe)  # an arbitrary class: weights_only refuses to unpickle it
+    with pytest.raises(UserError, match="unsafe.pt"):
+        checkpoints.load(unsafe)
+    with pytest.raises(UserError, match="missing.pt"):
+        checkpoints.load(tmp_path / "missing.pt")
+
+
+def test_check_identity_names_the_differing_keys(tmp_path: Path):
+    path = tmp_path / "checkpoint.pt"
+    stored = {"train.lr": 0.001, "model.n_layer": 4, "sha256.train.npy": "aa"}
+    checkpoints.check_identity(path, stored, dict(stored))  # same run: accepted
+    expected = {**stored, "train.lr": 0.002, "model.dropout": 0.1}
+    with pytest.raises(UserError) as info:
+        checkpoints.check_identity(path, stored, expected)
+    msg = str(info.value)
+    assert str(path) in msg
+    assert "train.lr" in msg and "model.dropout" in msg
+    assert "model.n_layer" not in msg and "sha256.train.npy" not in msg
