@@ -4,7 +4,7 @@ from pathlib import Path
 from gptpipe import params
 from gptpipe.errors import run_main
 from gptpipe.files import atomic_dir, sha256_bytes, write_json
-from gptpipe.sources import fetch, redact
+from gptpipe.sources import fetch, redact, source_is_watched
 
 RAW_DIR = Path("data/raw")
 REPORT = Path("reports/download.json")
@@ -13,6 +13,9 @@ REPORT = Path("reports/download.json")
 def main() -> None:
     p = params.load().data
     print(f"download: {redact(p.source)}", flush=True)
+    if not source_is_watched(p.source):
+        print(f"download: note: DVC does not watch {redact(p.source)}; after editing it, "
+              "run `dvc repro -f download` (or keep your text in corpus/)", flush=True)
     with atomic_dir(RAW_DIR) as tmp:
         result = fetch(p.source, tmp, sha256=p.sha256, max_bytes=p.max_bytes,
                        timeout_s=p.timeout_s, retries=p.retries)

@@ -81,14 +81,14 @@ def make_project(dest: Path, overrides: dict | None = None, corpus: str | None =
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy2(ROOT / name, dest / name)
-    for folder in ("stages", "src"):
+    for folder in ("stages", "src", "corpus"):
         shutil.copytree(ROOT / folder, dest / folder,
                         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     merged = merge(TINY_PARAMS, overrides or {}) if tiny else (overrides or {})
     if corpus is not None:
-        corpus_file = dest / "corpus.txt"
+        corpus_file = dest / "corpus" / "corpus.txt"
         corpus_file.write_text(corpus, encoding="utf-8")
-        merged = merge({"data": {"source": str(corpus_file)}}, merged)
+        merged = merge({"data": {"source": "corpus/corpus.txt"}}, merged)
     write_params(dest, merged)
     run(["git", "init", "-q"], dest)
     run(["git", "config", "user.email", "test@gptpipe.local"], dest)

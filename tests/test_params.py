@@ -1,5 +1,7 @@
 import pytest
+import yaml
 
+from conftest import ROOT, make_project, run
 from gptpipe import params
 from gptpipe.errors import UserError
 
@@ -17,3 +19,129 @@ def test_unknown_key_suggests_nearest():
 def test_n_embd_must_divide_by_heads():
     with pytest.raises(UserError, match=r"model\.n_embd"):
         params.from_dict({"model": {"n_embd": 130, "n_head": 4}})
+
+
+# --- params.yaml as a user writes it -----------------------------------------------------
+
+
+def test_the_repos_params_yaml_is_valid():
+    p = params.load(ROOT / "params.yaml")
+    assert p.split.train_fraction == 0.9
+
+
+@pytest.mark.parametrize("section, typo, suggestion", [
+    ("data", "sourse", "source"),
+    ("clean", "stage_direction", "stage_directions"),
+    ("tokenizer", "vocab", "vocab_size"),
+    ("split", "train_frac", "train_fraction"),
+    ("model", "n_embed", "n_embd"),
+    ("train", "learning_rate", "learning_rate"),  # nothing close: valid keys listed
+    ("evaluate", "batchsize", "batch_size"),
+    ("sample", "topk", "top_k"),
+    ("mlflow", "experiment_name", "experiment"),
+])
+def test_unknown_key_in_each_section(section, typo, suggestion):
+    with pytest.raises(UserError) as err:
+        params.from_dict({section: {typo: 1}})
+    message = str(err.value)
+    assert f"unknown key '{section}.{typo}'" in message
+    if suggestion != typo:
+        assert f"did you mean '{suggestion}'" in message
+    else:  # nothing close: the valid keys are listed
+        assert "valid:" in message
+
+
+def test_unknown_section_suggests_nearest():
+    with pytest.raises(UserError, match=r"unknown section 'trian'.*did you mean 'train'"):
+        params.from_dict({"trian": {"lr": 1e-3}})
+    with pytest.raises(UserError, match=r"unknown section 'wandb'.*valid: data, clean"):
+        params.from_dict({"wandb": {}})
+
+
+@pytest.mark.parametrize("raw, pattern", [
+    ({"train": {"batch_size": "12"}}, r"train\.batch_size: expected an integer, got '12'"),
+    ({"train": {"batch_size": 1.5}}, r"train\.batch_size: expected an integer"),
+    ({"train": {"max_iters": True}}, r"train\.max_iters: expected an integer"),
+    ({"train": {"lr": "fast"}}, r"train\.lr: expected a number, got 'fast'"),
+    ({"train": {"lr": float("nan")}}, r"train\.lr: must be finite"),
+    ({"model": {"bias": "yes"}}, r"model\.bias: expected true or false"),
+    ({"data": {"source": 5}}, r"data\.source: expected a string"),
+    ({"sample": {"prompts": [1, 2]}}, r"sample\.prompts: expected a list of strings"),
+    ({"train": 5}, r"params: train: expected a mapping"),
+])
+def test_wrong_type_names_the_key(raw, pattern):
+    with pytest.raises(UserError, match=pattern):
+        params.from_dict(raw)
+
+
+def test_yaml11_exponent_floats_from_a_file(tmp_path):
+    # PyYAML (YAML 1.1) reads 2e-5 as a string; DVC's `-S train.lr=2e-5` writes it so.
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 2e-5\n  min_lr: 1e-6\nsample:\n  temperature: 5E-1\n")
+    assert isinstance(yaml.safe_load(path.read_text())["train"]["lr"], str)
+    p = params.load(path)
+    assert (p.train.lr, p.train.min_lr, p.sample.temperature) == (2e-5, 1e-6, 0.5)
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"train": {"lr": 0}}, "train.lr"),
+    ({"train": {"lr": -1e-3}}, "train.lr"),
+    ({"train": {"lr": "-2e-5"}}, "train.lr"),
+    ({"train": {"batch_size": 0}}, "train.batch_size"),
+    ({"model": {"n_embd": 100, "n_head": 3}}, "model.n_embd"),
+    ({"split": {"train_fraction": 0}}, "split.train_fraction"),
+    ({"split": {"train_fraction": 1}}, "split.train_fraction"),
+    ({"split": {"train_fraction": 1.0}}, "split.train_fraction"),
+    ({"sample": {"temperature": -0.1}}, "sample.temperature"),
+    ({"sample": {"top_k": 0}}, "sample.top_k"),
+    ({"sample": {"top_k": -5}}, "sample.top_k"),
+    ({"sample": {"top_p": 0}}, "sample.top_p"),
+    ({"sample": {"top_p": 1.5}}, "sample.top_p"),
+    ({"sample": {"max_new_tokens": 0}}, "sample.max_new_tokens"),
+    ({"sample": {"max_new_tokens": -1}}, "sample.max_new_tokens"),
+])
+def test_out_of_range_values_name_the_key(raw, key):
+    with pytest.raises(UserError) as err:
+        params.from_dict(raw)
+    message = str(err.value)
+    assert message.startswith(f"params: {key}: must be "), message
+    assert "\n" not in message
+
+
+def test_boundary_values_are_valid():
+    p = params.from_dict({
+        "sample": {"top_k": None, "top_p": 1.0, "temperature": 0, "max_new_tokens": 1},
+        "split": {"train_fraction": 0.5}, "model": {"n_embd": 96, "n_head": 3},
+    })
+    assert p.sample.top_k is None and p.sample.top_p == 1.0 and p.sample.temperature == 0.0
+    assert params.from_dict({"sample": {"top_k": 1}}).sample.top_k == 1
+
+
+@pytest.fixture(scope="module")
+def clean_project(tmp_path_factory):
+    return make_project(tmp_path_factory.mktemp("params") / "proj", corpus="To be.\n")
+
+
+@pytest.mark.parametrize("bad_yaml, needles", [
+    ("clean:\n  on_invalid_utf8: ignore\n", ["clean.on_invalid_utf8", "error, replace", "'ignore'"]),
+    ("clean:\n  stage_direction: true\n", ["clean.stage_direction", "did you mean 'stage_directions'"]),
+    ("train:\n  lr: 0\n", ["train.lr", "> 0"]),
+    ("clean:\n  ascii_punctuation: [\n", ["params.yaml", "not valid YAML"]),
+])
+def test_bad_params_yaml_stops_a_stage_with_one_line(clean_project, bad_yaml, needles):
+    project = clean_project
+    params_file = project / "params.yaml"
+    good = params_file.read_text()
+    try:
+        params_file.write_text(bad_yaml)
+        result = run(["python", "stages/clean.py"], project, check=False)
+    finally:
+        params_file.write_text(good)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("clean: error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not (project / "data/clean/corpus.txt").exists()

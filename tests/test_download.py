@@ -1,0 +1,443 @@
+"""The download stage, run as DVC runs it: `python stages/download.py` in a project.
+
+URLs are served by a real HTTP server on 127.0.0.1 started by the tests; local
+sources are real files, directories and symlinks. A failure must exit non-zero
+with one line on stderr naming the source and the problem, and leave data/raw/
+and reports/download.json exactly as they were.
+"""
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import socket
+import stat
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import env_for, make_project, run, tiny_text, write_params
+from gptpipe.sources import embedded_plays_dir
+
+TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\n" * 40).encode()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- a loopback HTTP server ---------------------------------------------------------
+
+def ok(body: bytes, **headers: str):
+    def send(h):
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(body)))
+        for key, value in headers.items():
+            h.send_header(key.replace("_", "-"), value)
+        h.end_headers()
+        h.wfile.write(body)
+    return send
+
+
+def status(code: int):
+    def send(h):
+        h.send_response(code)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+    return send
+
+
+def without_length(body: bytes):
+    """HTTP/1.0 style: no Content-Length, the body ends when the connection closes."""
+    def send(h):
+        h.send_response(200)
+        h.end_headers()
+        h.wfile.write(body)
+    return send
+
+
+def truncated(body: bytes, claimed: int):
+    def send(h):
+        h.send_response(200)
+        h.send_header("Content-Length", str(claimed))
+        h.end_headers()
+        h.wfile.write(body)
+        h.wfile.flush()
+        h.close_connection = True
+    return send
+
+
+class Loopback:
+    """A threaded HTTP server on 127.0.0.1; each path plays a list of responses."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, list] = {}
+        self.hits: Counter = Counter()
+        self.auth: list[str | None] = []
+        self.stop = threading.Event()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep the test output clean
+                pass
+
+            def do_GET(self):
+                path = urllib.parse.urlsplit(self.path).path
+                server.hits[path] += 1
+                server.auth.append(self.headers.get("Authorization"))
+                responses = server.routes.get(path, [status(404)])
+                responses[min(server.hits[path], len(responses)) - 1](self)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def serve(self, path: str, *responses) -> str:
+        self.routes[path] = list(responses)
+        self.hits[path] = 0
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stalled(self, head: bytes, claimed: int):
+        """Send the headers and a little of the body, then go silent."""
+        def send(h):
+            h.send_response(200)
+            h.send_header("Content-Length", str(claimed))
+            h.end_headers()
+            h.wfile.write(head)
+            h.wfile.flush()
+            self.stop.wait(20)
+        return send
+
+    def close(self) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = Loopback()
+    yield srv
+    srv.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- a project with an earlier, successful download ------------------------------------
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    proj = make_project(tmp_path_factory.mktemp("download") / "proj", corpus=tiny_text(4000))
+    run(["python", "stages/download.py"], proj)
+    assert (proj / "data/raw/corpus.txt").exists()
+    return proj
+
+
+@pytest.fixture
+def proj(template: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(template, tmp_path / "proj", symlinks=True))
+
+
+def download(proj: Path, **data):
+    write_params(proj, {"data": data})
+    env = env_for(proj, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    return run(["python", "stages/download.py"], proj, check=False, env=env, timeout=60)
+
+
+def state(proj: Path) -> dict:
+    """Everything under data/ and reports/, temp files included."""
+    out = {}
+    for folder in ("data", "reports"):
+        for path in sorted((proj / folder).rglob("*")):
+            out[path.relative_to(proj).as_posix()] = (
+                path.read_bytes() if path.is_file() else "<dir>")
+    return out
+
+
+def report(proj: Path) -> dict:
+    return json.loads((proj / "reports/download.json").read_text())
+
+
+def raw_files(proj: Path) -> dict:
+    raw = proj / "data/raw"
+    return {p.relative_to(raw).as_posix(): p.read_bytes()
+            for p in sorted(raw.rglob("*")) if p.is_file()}
+
+
+def assert_fails(result, before: dict, proj: Path, *needles: str) -> str:
+    """Non-zero exit, one line on stderr naming what is wrong, nothing written."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "\r" not in result.stderr, "a progress bar leaked into the error output"
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("download: error: "), line
+    for needle in needles:
+        assert needle in line, line
+    assert state(proj) == before, "a failed download changed data/ or reports/"
+    return line
+
+
+# --- URLs ----------------------------------------------------------------------------
+
+def test_url_success_writes_bytes_and_report(proj, server):
+    url = server.serve("/tiny/input.txt", ok(TEXT))
+    result = download(proj, source=url, sha256=sha256(TEXT).upper())
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", "no progress bar when stderr is not a terminal"
+    assert raw_files(proj) == {"input.txt": TEXT}
+    rep = report(proj)
+    assert rep["source"] == url
+    assert rep["bytes"] == len(TEXT)
+    assert rep["files"] == [{"path": "input.txt", "bytes": len(TEXT), "sha256": sha256(TEXT)}]
+    # For one file the report's sha256 is the file's: the value to paste into data.sha256.
+    assert rep["sha256"] == sha256(TEXT)
+    # Outputs get ordinary permissions, not the 0600/0700 of temp files.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((proj / "data/raw").stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((proj / "reports/download.json").stat().st_mode) == 0o666 & ~umask
+
+
+def test_gzip_encoded_response_is_not_called_truncated(proj, server):
+    # raw.githubusercontent.com answers gzip: Content-Length counts compressed bytes.
+    packed = gzip.compress(TEXT)
+    url = server.serve("/gz/input.txt", ok(packed, Content_Encoding="gzip"))
+    result = download(proj, source=url, retries=0)
+    assert result.returncode == 0, result.stderr
+    assert raw_files(proj) == {"input.txt": TEXT}
+    assert report(proj)["files"][0]["sha256"] == sha256(TEXT)
+
+
+def test_http_404(proj, server):
+    url = server.serve("/missing.txt", status(404))
+    before = state(proj)
+    line = assert_fails(download(proj, source=url, retries=3), before, proj, url, "404")
+    assert server.hits["/missing.txt"] == 1, "a 404 is not retried"
+    assert "Not Found" in line
+
+
+def test_http_500_then_success_is_retried(proj, server):
+    url = server.serve("/flaky.txt", status(500), ok(TEXT))
+    result = download(proj, source=url, retries=2, timeout_s=5.0)
+    assert result.returncode == 0, result.stderr
+    assert server.hits["/flaky.txt"] == 2
+    assert raw_files(proj) == {"flaky.txt": TEXT}
+
+
+def test_http_500_every_time_gives_up_after_retries(proj, server):
+    url = server.serve("/down.txt", status(500))
+    before = state(proj)
+    started = time.monotonic()
+    line = assert_fails(download(proj, source=url, retries=2, timeout_s=5.0), before, proj,
+                        url, "500", "2 retries")
+    assert server.hits["/down.txt"] == 3, "one try plus data.retries retries"
+    assert time.monotonic() - started < 15
+    assert "server error" in line
+
+
+def test_sha256_mismatch(proj, server):
+    url = server.serve("/mismatch.txt", ok(TEXT))
+    before = state(proj)
+    wrong = "0" * 64
+    assert_fails(download(proj, source=url, sha256=wrong), before, proj,
+                 url, "sha256 mismatch", wrong, sha256(TEXT))
+
+
+def test_sha256_with_a_directory_source(proj, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(TEXT)
+    (folder / "b.txt").write_bytes(TEXT)
+    before = state(proj)
+    assert_fails(download(proj, source=str(folder), sha256="0" * 64), before, proj,
+                 "data.sha256", "2 files")
+
+
+def test_truncated_body(proj, server):
+    url = server.serve("/short.txt", truncated(TEXT[:100], claimed=len(TEXT)))
+    before = state(proj)
+    assert_fails(download(proj, source=url, retries=0), before, proj, url, "truncated")
+
+
+def test_truncated_body_in_a_fresh_project_leaves_nothing(proj, server):
+    shutil.rmtree(proj / "data")
+    shutil.rmtree(proj / "reports")
+    url = server.serve("/short2.txt", truncated(TEXT[:100], claimed=len(TEXT)))
+    assert_fails(download(proj, source=url, retries=0), {}, proj, url, "truncated")
+    assert not (proj / "data/raw").exists()
+    assert not (proj / "reports/download.json").exists()
+
+
+def test_stalled_server_times_out(proj, server):
+    url = server.serve("/stall.txt", server.stalled(TEXT[:100], claimed=len(TEXT)))
+    before = state(proj)
+    started = time.monotonic()
+    assert_fails(download(proj, source=url, timeout_s=1.0, retries=1), before, proj,
+                 url, "read timeout", "1 s")
+    assert time.monotonic() - started < 10, "the read timeout did not bound the wait"
+
+
+@pytest.mark.parametrize("response", ["declared", "streamed"])
+def test_over_the_size_cap(proj, server, response):
+    big = b"to be or not to be\n" * 500
+    send = ok(big) if response == "declared" else without_length(big)
+    url = server.serve(f"/big-{response}.txt", send)
+    before = state(proj)
+    assert_fails(download(proj, source=url, max_bytes=1000, retries=0), before, proj,
+                 url, "data.max_bytes=1000")
+
+
+def test_local_file_over_the_size_cap(proj, tmp_path):
+    src = tmp_path / "big.txt"
+    src.write_bytes(TEXT)
+    before = state(proj)
+    assert_fails(download(proj, source=str(src), max_bytes=100), before, proj,
+                 str(src), "data.max_bytes=100")
+
+
+def test_connection_refused(proj):
+    url = f"http://127.0.0.1:{closed_port()}/input.txt"
+    before = state(proj)
+    assert_fails(download(proj, source=url, retries=1, timeout_s=2.0), before, proj,
+                 url, "cannot connect", "Connection refused")
+
+
+def test_unsupported_scheme(proj):
+    before = state(proj)
+    line = assert_fails(download(proj, source="ftp://anon:ftppass@127.0.0.1/input.txt"),
+                        before, proj, "data.source", "unsupported scheme 'ftp://'",
+                        "ftp://***@127.0.0.1/input.txt")
+    assert "ftppass" not in line
+
+
+def test_credentials_in_url_never_shown(proj, server):
+    secret = "s3cretPa55"
+    ok_url = server.serve("/private/input.txt", ok(TEXT))
+    userinfo = f"alice:{secret}@"
+    authed = ok_url.replace("http://", f"http://{userinfo}") + "?token=tok" + secret
+    result = download(proj, source=authed, retries=0)
+    assert result.returncode == 0, result.stderr
+    # The credentials were sent, as HTTP basic auth ...
+    assert server.auth[-1] == "Basic " + base64.b64encode(f"alice:{secret}".encode()).decode()
+    # ... and never shown: not on the terminal, not in the report or file names.
+    shown = result.stdout + result.stderr + json.dumps(report(proj)) + " ".join(raw_files(proj))
+    assert secret not in shown and "alice" not in shown
+    assert "***@127.0.0.1" in report(proj)["source"]
+
+    for failing in (server.serve("/private/gone.txt", status(404)),
+                    server.serve("/private/down.txt", status(503)),
+                    f"http://127.0.0.1:{closed_port()}/x.txt"):
+        url = failing.replace("http://", f"http://{userinfo}") + "?token=tok" + secret
+        before = state(proj)
+        result = download(proj, source=url, retries=0)
+        assert_fails(result, before, proj, "***@127.0.0.1")
+        assert secret not in result.stdout + result.stderr
+        assert "alice" not in result.stdout + result.stderr
+
+
+# --- local files and folders ---------------------------------------------------------
+
+def test_missing_local_file(proj, tmp_path):
+    missing = tmp_path / "no-such-corpus.txt"
+    before = state(proj)
+    assert_fails(download(proj, source=str(missing)), before, proj,
+                 str(missing), "no such file")
+
+
+def test_file_url(proj, tmp_path):
+    src = tmp_path / "my corpus.txt"  # a space: the URL carries it as %20
+    src.write_bytes(TEXT)
+    url = src.as_uri()
+    assert "%20" in url
+    result = download(proj, source=url)
+    assert result.returncode == 0, result.stderr
+    assert raw_files(proj) == {"my corpus.txt": TEXT}
+    assert report(proj)["source"] == url
+
+
+def test_empty_directory(proj, tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    before = state(proj)
+    assert_fails(download(proj, source=str(folder)), before, proj, str(folder), "no files")
+
+
+def test_directory_of_binary_files(proj, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (folder / "b.bin").write_bytes(bytes(range(256)))
+    before = state(proj)
+    assert_fails(download(proj, source=str(folder)), before, proj,
+                 str(folder), "only non-text files")
+
+
+def test_binary_file_among_text_is_skipped_and_reported(proj, tmp_path):
+    folder = tmp_path / "mixed"
+    (folder / "act2").mkdir(parents=True)
+    (folder / "act1.txt").write_bytes(TEXT)
+    (folder / "act2" / "scene1.txt").write_bytes(b"ROMEO:\nBut soft!\n")
+    (folder / "cover.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_bytes(b"ref: refs/heads/main\n")
+    result = download(proj, source=str(folder))
+    assert result.returncode == 0, result.stderr
+    assert raw_files(proj) == {"act1.txt": TEXT, "act2/scene1.txt": b"ROMEO:\nBut soft!\n"}
+    rep = report(proj)
+    assert rep["skipped"] == [{"path": "cover.png", "reason": "binary (NUL bytes)"}]
+    assert [f["path"] for f in rep["files"]] == ["act1.txt", "act2/scene1.txt"]
+    assert rep["bytes"] == len(TEXT) + len(b"ROMEO:\nBut soft!\n")
+    assert "1 skipped" in result.stdout
+
+
+def test_symlink_out_of_the_directory_is_not_followed(proj, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"PRIVATE KEY MATERIAL\n")
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "play.txt").write_bytes(TEXT)
+    (folder / "escape.txt").symlink_to(outside / "secret.txt")
+    (folder / "escape-dir").symlink_to(outside, target_is_directory=True)
+    result = download(proj, source=str(folder))
+    assert result.returncode == 0, result.stderr
+    files = raw_files(proj)
+    assert files == {"play.txt": TEXT}
+    assert not any(b"PRIVATE" in data for data in files.values())
+    skipped = {s["path"]: s["reason"] for s in report(proj)["skipped"]}
+    assert set(skipped) == {"escape.txt", "escape-dir"}
+    assert all("symlink" in reason for reason in skipped.values())
+
+
+# --- the embedded plays ----------------------------------------------------------------
+
+def test_embedded_shakespeare_is_copied_byte_for_byte(proj):
+    result = download(proj, source="shakespeare")
+    assert result.returncode == 0, result.stderr
+    plays = embedded_plays_dir()
+    expected = {p.relative_to(plays).as_posix(): sha256(p.read_bytes())
+                for p in plays.rglob("*.md")}
+    assert len(expected) == 38
+    got = {name: sha256(data) for name, data in raw_files(proj).items()}
+    assert got == expected
+    rep = report(proj)
+    assert rep["source"] == "shakespeare"
+    assert rep["bytes"] == sum(p.stat().st_size for p in plays.rglob("*.md"))
+    assert {f["path"]: f["sha256"] for f in rep["files"]} == expected
+    assert len(rep["sha256"]) == 64
