@@ -5,6 +5,7 @@ params and data (kept under .gptpipe/checkpoints/, where DVC never deletes it).
 MLflow gets a run's metrics only once the checkpoint covering them is on disk,
 so a resumed run continues the same metric history without duplicates.
 """
+import contextlib
 import os
 import shutil
 import signal
@@ -28,23 +29,29 @@ RUN_REF = Path("reports/mlflow_run.json")
 
 def main() -> None:
     p = params.load()
-    tracker = Tracker()  # fails now, not after training, if the store is unreachable
     import torch
     from tqdm import tqdm
 
+    from gptpipe import distributed
     from gptpipe.model import ModelConfig, build, count_params
     from gptpipe.training import Trainer, autocast_dtype, make_deterministic, pick_device
 
+    device = pick_device(p.train.device)
+    world = distributed.init(device)  # torchrun: one process per rank; else a world of 1
+    device = distributed.local_device(device, world)
+    # Rank 0 alone talks to MLflow; it fails now, not after training, if unreachable.
+    tracker = Tracker() if world.is_main else None
+
     data_hashes = {"train.npy": sha256_file(TRAIN), "val.npy": sha256_file(VAL),
                    "tokenizer.json": sha256_file(TOKENIZER)}
-    identity = {**p.flat(("model", "train")), **{f"sha256.{k}": v for k, v in data_hashes.items()}}
+    identity = {**p.flat(("model", "train")), "world_size": world.size,
+                **{f"sha256.{k}": v for k, v in data_hashes.items()}}
     ckpt_dir = repo_root() / ".gptpipe" / "checkpoints" / checkpoints.identity_key(identity)
     ckpt_path = ckpt_dir / "checkpoint.pt"
 
     if p.train.threads:
         torch.set_num_threads(p.train.threads)
     make_deterministic(p.train.seed)
-    device = pick_device(p.train.device)
     vocab = read_json(TOKENIZER)
     cfg = ModelConfig(kind=p.model.kind, vocab_size=vocab["vocab_size"],
                       block_size=p.model.block_size, n_layer=p.model.n_layer,
@@ -52,15 +59,24 @@ def main() -> None:
                       bias=p.model.bias, tie_weights=p.model.tie_weights)
     model = build(cfg).to(device)
     amp = autocast_dtype(device, p.train.autocast)
-    trainer = Trainer(model, load_tokens(TRAIN), load_tokens(VAL), p.train, device, amp)
+    ddp_model = None
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
+        ddp_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    trainer = Trainer(model, load_tokens(TRAIN), load_tokens(VAL), p.train, device, amp,
+                      world=world, ddp_model=ddp_model)
+
+    run_id = None
     if ckpt_path.exists():
         payload = checkpoints.load(ckpt_path)
         checkpoints.check_identity(ckpt_path, payload["identity"], identity)
         trainer.load_state_dict(payload["trainer"])
         run_id = payload["run_id"]
-        print(f"train: resuming from step {trainer.step} ({ckpt_path})", flush=True)
-    else:
+        if world.is_main:
+            print(f"train: resuming from step {trainer.step} ({ckpt_path})", flush=True)
+    elif world.is_main:
         tags = {**git_state(), **stage_hashes(),
                 **{f"data.sha256.{k}": v for k, v in data_hashes.items()},
                 "data.sha256.raw": _raw_corpus_sha256(), "gptpipe.params_key": ckpt_dir.name}
@@ -68,8 +84,11 @@ def main() -> None:
         flat = p.flat(tuple(s for s in p.flat_sections() if s not in exclude))
         run_id = tracker.create_run(p.mlflow.experiment, os.environ.get("DVC_EXP_NAME"),
                                     flat, tags)
-    print(f"train: {cfg.kind}, {count_params(model):,} parameters, device {device}"
-          f"{', bf16 autocast' if amp else ''}, MLflow run {run_id}", flush=True)
+    if world.is_main:
+        print(f"train: {cfg.kind}, {count_params(model):,} parameters, device {device}"
+              f"{', bf16 autocast' if amp else ''}"
+              f"{f', {world.size} processes' if world.size > 1 else ''}, MLflow run {run_id}",
+              flush=True)
 
     pending: list[tuple[str, float, int]] = []
 
@@ -78,12 +97,16 @@ def main() -> None:
                         ("val_loss", row.val_loss, row.step)])
         if row.step:
             pending.append(("tokens_per_s", row.tokens_per_s, row.step))
-        bar.write(f"step {row.step:>6}: train {row.train_loss:.4f}, val {row.val_loss:.4f}")
+        if world.is_main:
+            bar.write(f"step {row.step:>6}: train {row.train_loss:.4f}, val {row.val_loss:.4f}")
 
     def on_checkpoint(t) -> None:
+        state = t.state_dict()  # a collective under DDP: every rank takes part
+        if not world.is_main:
+            return
         checkpoints.save(ckpt_path, {"format": checkpoints.CHECKPOINT_FORMAT,
                                      "identity": identity, "run_id": run_id,
-                                     "trainer": t.state_dict()})
+                                     "trainer": state})
         rows = pending + [(k, v, s) for s, lr, loss in t.batch_losses
                           for k, v in (("batch_loss", loss), ("lr", lr))]
         tracker.log_metrics(run_id, rows)
@@ -97,16 +120,24 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    with tracker.stage(run_id):
+    with tracker.stage(run_id) if world.is_main else contextlib.nullcontext():
         with tqdm(total=p.train.max_iters, initial=trainer.step, desc="train",
-                  mininterval=1.0, dynamic_ncols=True) as bar:
+                  mininterval=1.0, dynamic_ncols=True, disable=not world.is_main) as bar:
             def progress(step, loss, tokens_per_s):
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
 
             trainer.run(on_eval, on_checkpoint, lambda: stop["signal"] is not None, progress)
-        _write_outputs(trainer, cfg, p, data_hashes, run_id, tracker)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+        digests = distributed.gather(distributed.weights_digest(model), world)
+        if world.is_main:
+            if len(set(digests)) != 1:
+                raise RuntimeError(f"ranks ended with different weights: {digests}")
+            if world.size > 1:
+                print(f"train: weights identical on all {world.size} ranks ({digests[0][:12]})")
+            _write_outputs(trainer, cfg, p, data_hashes, run_id, tracker)
+    distributed.shutdown(world)
+    if world.is_main:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
 def _write_outputs(trainer, cfg, p, data_hashes, run_id, tracker) -> None:

@@ -28,7 +28,35 @@ def identity_key(identity: dict) -> str:
 
 def save(path: str | Path, payload: dict) -> None:
     with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
+        # A file object, not the path: torch names the zip's top folder after the
+        # file it is given, and the temp name is random (the bytes would differ).
+        with open(tmp, "wb") as fh:
+            out = _KeepWriteError(fh)
+            try:
+                torch.save(payload, out)
+            except RuntimeError:
+                # torch's zip writer reports a failed write (disk full, file too
+                # large) as an opaque RuntimeError; surface the OSError behind it.
+                if out.error is not None:
+                    raise out.error from None
+                raise
+
+
+class _KeepWriteError:
+    """A file wrapper that remembers the OSError torch.save's writer swallows."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 def load(path: str | Path, what: str = "checkpoint") -> dict:

@@ -83,6 +83,7 @@ class TrainParams:
     threads: int = 0                 # torch threads on CPU; 0 = torch's default
     checkpoint_interval: int = 250
     grad_accum: int = 1
+    launcher: str = "python"         # python | torchrun --nproc_per_node=N (dvc.yaml's cmd)
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,8 @@ def validate(p: Params) -> Params:
     _check(t.grad_accum >= 1, "train.grad_accum", ">= 1", t.grad_accum)
     _check(t.threads >= 0, "train.threads", ">= 0", t.threads)
     _choice("train.device", t.device, ("auto", "cpu", "cuda", "mps"))
+    _check(t.launcher.split()[:1] in (["python"], ["python3"], ["torchrun"]), "train.launcher",
+           "'python' or 'torchrun --nproc_per_node=N'", t.launcher)
     _choice("train.autocast", t.autocast, ("auto", "bf16", "off"))
     _check(p.evaluate.batch_size >= 1, "evaluate.batch_size", ">= 1", p.evaluate.batch_size)
     s = p.sample

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .batches import WindowSampler, fixed_batches, gather
+from .distributed import World, micro_batching
 from .errors import StopRequested, UserError
 from .model import loss_fn
 from .params import TrainParams
@@ -62,12 +64,19 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def make_deterministic(seed: int) -> None:
+    """Seed every RNG and ask torch for deterministic kernels.
+
+    On CUDA that also means: no cuDNN autotuning, no TF32, and the cuBLAS
+    workspace setting deterministic GEMMs need (set before CUDA starts)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
 
 def configure_optimizer(model: nn.Module, tp: TrainParams, device: torch.device):
@@ -99,8 +108,7 @@ class Trainer:
     tp: TrainParams
     device: torch.device
     amp_dtype: torch.dtype | None = None
-    rank: int = 0
-    world_size: int = 1
+    world: World = field(default_factory=World)
     ddp_model: nn.Module | None = None
     step: int = 0
     elapsed_s: float = 0.0
@@ -110,8 +118,10 @@ class Trainer:
     def __post_init__(self):
         block = self.model.cfg.block_size
         self.optimizer = configure_optimizer(self.model, self.tp, self.device)
-        self.sampler = WindowSampler(self.train_data, block, self.tp.batch_size,
-                                     self.tp.seed, stream=self.rank)
+        self.micro_batch, self.accum_steps = micro_batching(
+            self.tp.batch_size, self.tp.grad_accum, self.world.size)
+        self.sampler = WindowSampler(self.train_data, block, self.micro_batch,
+                                     self.tp.seed, stream=self.world.rank)
         self.eval_sets = {
             split: fixed_batches(data, block, self.tp.batch_size, self.tp.eval_batches,
                                  self.tp.seed, split)
@@ -119,19 +129,26 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Everything the next step depends on (a collective under DDP: every
+        rank's RNG states are gathered, so each resumes its own stream)."""
+        from .distributed import gather
+
         return {
             "step": self.step,
             "elapsed_s": self.elapsed_s,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": {
-                "python": _python_rng_state(),
-                "numpy_global": _numpy_global_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "sampler": self.sampler.state(),
-            },
+            "rng": gather(self._rng_state(), self.world),
             "history": [row.__dict__ for row in self.history],
+        }
+
+    def _rng_state(self) -> dict:
+        return {
+            "python": _python_rng_state(),
+            "numpy_global": _numpy_global_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "sampler": self.sampler.state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -139,7 +156,7 @@ class Trainer:
         self.elapsed_s = float(state["elapsed_s"])
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        rng = state["rng"]
+        rng = state["rng"][self.world.rank]
         random.setstate(_to_python_rng_state(rng["python"]))
         np.random.set_state(_to_numpy_global_state(rng["numpy_global"]))
         torch.set_rng_state(rng["torch"])
@@ -172,18 +189,18 @@ class Trainer:
             group["lr"] = lr
         net = self.ddp_model or self.model
         total = 0.0
-        for micro in range(self.tp.grad_accum):
+        for micro in range(self.accum_steps):
             x, y = self.sampler.next(self.device)
             sync = contextlib.nullcontext()
-            if self.ddp_model is not None and micro < self.tp.grad_accum - 1:
-                sync = self.ddp_model.no_sync()
+            if self.ddp_model is not None and micro < self.accum_steps - 1:
+                sync = self.ddp_model.no_sync()  # all-reduce once, on the last micro-step
             with sync:
                 with autocast(self.device, self.amp_dtype):
-                    loss = loss_fn(net(x), y) / self.tp.grad_accum
+                    loss = loss_fn(net(x), y) / self.accum_steps
                 loss.backward()
             total += loss.item()
         if not math.isfinite(total):
-            raise NonFiniteLoss(f"train: loss is {total} at step {self.step + 1}; stopped "
+            raise NonFiniteLoss(f"loss is {total} at step {self.step + 1}; stopped "
                                 "(the last good checkpoint is kept); lower train.lr or "
                                 "raise train.grad_clip")
         if self.tp.grad_clip > 0:
@@ -198,8 +215,8 @@ class Trainer:
             on_checkpoint: Callable[["Trainer"], None] | None = None,
             should_stop: Callable[[], bool] = lambda: False,
             progress: Callable[[int, float, float], None] | None = None) -> None:
-        tokens_per_step = (self.tp.batch_size * self.tp.grad_accum * self.world_size
-                           * self.model.cfg.block_size)
+        tokens_per_step = (self.tp.batch_size * self.tp.grad_accum
+                           * self.model.cfg.block_size)  # global: the same for any world size
         self.model.train()
         if self.step == 0:
             self._evaluate(on_eval, tokens_per_s=0.0)
@@ -224,7 +241,7 @@ class Trainer:
             if should_stop():
                 if on_checkpoint is not None and self.step % self.tp.checkpoint_interval:
                     on_checkpoint(self)
-                raise StopRequested(f"train: stopped by a signal at step {self.step}; the "
+                raise StopRequested(f"stopped by a signal at step {self.step}; the "
                                     "checkpoint is kept: rerun `dvc repro` to resume")
 
     def _evaluate(self, on_eval, tokens_per_s: float) -> None:
