@@ -17,9 +17,11 @@ def main() -> None:
     s = p.sample
     run_id = read_run_ref(RUN_REF)["run_id"]
     tracker = Tracker()
-    from gptpipe.inference import load_model, sample_texts
+    from gptpipe.inference import encode_prompt, load_model, sample_texts
 
     model, tokenizer = load_model(MODEL, tokenizer_path=TOKENIZER)
+    for j, prompt in enumerate(s.prompts):  # a bad prompt must not mark the run FAILED
+        encode_prompt(tokenizer, prompt, f"sample.prompts[{j}]")
     with tracker.stage(run_id):
         tracker.log_params_once(run_id, p.flat(("sample",)))
         rows = sample_texts(model, tokenizer, s)

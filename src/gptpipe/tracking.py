@@ -64,9 +64,15 @@ def _retry_locked(fn, *args, **kwargs):
 
 class Tracker:
     def __init__(self, uri: str | None = None):
+        import logging
+
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        # MLflow's and alembic's INFO lines (creating tables...) are not the user's
+        # business; warnings and errors still show.
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.uri = uri or tracking_uri()
         check_reachable(self.uri)
         mlflow.set_tracking_uri(self.uri)
@@ -164,6 +170,9 @@ class Tracker:
 def read_run_ref(path: Path) -> dict:
     from .files import read_json
 
+    if not Path(path).exists():
+        raise UserError(f"{path}: not found: no trained model yet; run the train stage "
+                        "first (`dvc repro train`)")
     ref = read_json(path)
     if "run_id" not in ref:
         raise UserError(f"{path}: no run_id (rerun the train stage)")
