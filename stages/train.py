@@ -68,7 +68,7 @@ def main() -> None:
     trainer = Trainer(model, load_tokens(TRAIN), load_tokens(VAL), p.train, device, amp,
                       world=world, ddp_model=ddp_model)
 
-    run_id = None
+    run_id, unlogged = None, []
     if ckpt_path.exists():
         payload = checkpoints.load(ckpt_path)
         checkpoints.check_identity(ckpt_path, payload["identity"], identity)
@@ -76,8 +76,10 @@ def main() -> None:
         run_id = payload["run_id"]
         if world.is_main:
             print(f"train: resuming from step {trainer.step} ({ckpt_path})", flush=True)
+            unlogged = payload.get("unlogged", [])
     elif world.is_main:
-        tags = {**git_state(), **stage_hashes(),
+        # Only the stages before train: dvc.lock's train/evaluate/sample are the last run's.
+        tags = {**git_state(), **stage_hashes(exclude=("train", "evaluate", "sample")),
                 **{f"data.sha256.{k}": v for k, v in data_hashes.items()},
                 "data.sha256.raw": _raw_corpus_sha256(), "gptpipe.params_key": ckpt_dir.name}
         exclude = ("evaluate", "sample")  # logged by their stages, which may rerun
@@ -104,11 +106,13 @@ def main() -> None:
         state = t.state_dict()  # a collective under DDP: every rank takes part
         if not world.is_main:
             return
-        checkpoints.save(ckpt_path, {"format": checkpoints.CHECKPOINT_FORMAT,
-                                     "identity": identity, "run_id": run_id,
-                                     "trainer": state})
         rows = pending + [(k, v, s) for s, lr, loss in t.batch_losses
                           for k, v in (("batch_loss", loss), ("lr", lr))]
+        # The rows go in the checkpoint too: a kill between the save and the log
+        # would lose them; a resume logs those MLflow lacks.
+        checkpoints.save(ckpt_path, {"format": checkpoints.CHECKPOINT_FORMAT,
+                                     "identity": identity, "run_id": run_id,
+                                     "trainer": state, "unlogged": [list(r) for r in rows]})
         tracker.log_metrics(run_id, rows)
         pending.clear()
         t.batch_losses.clear()
@@ -121,6 +125,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     with tracker.stage(run_id) if world.is_main else contextlib.nullcontext():
+        if world.is_main:  # the last checkpoint's rows a kill kept from MLflow
+            tracker.log_missing_metrics(run_id, unlogged)
         with tqdm(total=p.train.max_iters, initial=trainer.step, desc="train",
                   mininterval=1.0, dynamic_ncols=True, disable=not world.is_main) as bar:
             def progress(step, loss, tokens_per_s):

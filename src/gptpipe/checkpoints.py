@@ -64,6 +64,12 @@ def load(path: str | Path, what: str = "checkpoint") -> dict:
     if not path.exists():
         raise UserError(f"{path}: no {what} here")
     try:
+        # torch.load does not check the zip's CRCs: flipped bytes in a tensor would
+        # load as silently wrong weights. Check every record first.
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        if bad is not None:
+            raise ValueError(f"CRC mismatch in {bad}")
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -43,7 +43,7 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _lineage(args: argparse.Namespace) -> None:
-    from .lineage import git_state, stage_hashes
+    from .lineage import commit_recording, git_state, run_ref_md5, stage_hashes, tree_matches
     from .tracking import Tracker
 
     tracker = Tracker()
@@ -58,11 +58,23 @@ def _lineage(args: argparse.Namespace) -> None:
     print(f"  git commit {commit}" + ("  (the working tree was dirty)" if dirty == "true" else ""))
     for key in sorted(k for k in tags if k.startswith("data.sha256.")):
         print(f"  {key[len('data.sha256.'):]}: {tags[key]}")
+    # The commit to restore is the one whose dvc.lock records this run's outputs
+    # (committed after the run), not the one it trained on.
+    experiment = tracker.client.get_experiment(run.info.experiment_id).name
+    restore = commit_recording(run_ref_md5(args.run_id, experiment))
     print("to get that state back:")
-    print(f"  git checkout {commit} && dvc checkout")
+    if restore:
+        print(f"  git checkout {restore} && dvc checkout")
+    else:
+        print("  (not yet: no commit holds this run's dvc.lock; commit it to make the "
+              "run restorable)")
     now, recorded = {**git_state(), **stage_hashes()}, {k: v for k, v in tags.items()
                                                          if k.startswith(("git.", "dvc."))}
+    if restore:  # the tracked files say it all: git.* describe the commit before the run
+        recorded = {k: v for k, v in recorded.items() if not k.startswith("git.")}
     differ = sorted(k for k in recorded if now.get(k) != recorded[k])
+    if restore and not tree_matches(restore):
+        differ.insert(0, f"tracked files differ from {restore[:12]}")
     if differ:
         print(f"the workspace does not match: {', '.join(differ)}")
     else:

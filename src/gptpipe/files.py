@@ -39,10 +39,15 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         os.replace(tmp_path, target)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        raise UserError(f"{target}: cannot write: {exc.strerror or exc}") from exc
+        raise UserError(f"{target}: cannot write: {_why(exc)}") from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _why(exc: OSError) -> str:
+    """What went wrong; a short write (numpy's "N requested and M written") has no errno."""
+    return exc.strerror or f"{exc} (is the disk full?)"
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:
@@ -93,7 +98,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{target}: cannot write: {exc.strerror or exc}") from exc
+        raise UserError(f"{target}: cannot write: {_why(exc)}") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -5,6 +5,7 @@ them back and says how to restore that state.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -37,15 +38,41 @@ def git_state(cwd: Path | None = None) -> dict[str, str]:
     return {"git.commit": commit, "git.dirty": dirty}
 
 
-def stage_hashes(lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
-    """The output hashes DVC recorded for each stage, as `dvc.<stage>.<path>`."""
+def stage_hashes(lock_file: Path = Path("dvc.lock"),
+                 exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    """The output hashes DVC recorded for each stage (but `exclude`d ones), as
+    `dvc.<stage>.<path>`."""
     try:
         lock = yaml.safe_load(lock_file.read_text()) or {}
     except (OSError, yaml.YAMLError):
         return {}
     out = {}
     for stage, entry in (lock.get("stages") or {}).items():
+        if stage in exclude:
+            continue
         for item in entry.get("outs") or []:
             digest = item.get("md5") or item.get("hash") or ""
             out[f"dvc.{stage}.{item.get('path')}"] = str(digest)
     return out
+
+
+def run_ref_md5(run_id: str, experiment: str) -> str:
+    """The md5 DVC records for reports/mlflow_run.json as train writes it for this run."""
+    from .files import to_json
+
+    return hashlib.md5(to_json({"run_id": run_id, "experiment": experiment})
+                       .encode()).hexdigest()
+
+
+def commit_recording(md5: str, cwd: Path | None = None) -> str | None:
+    """The first commit (any branch, tag or `dvc exp`) whose dvc.lock records `md5`:
+    the one to check out to get a run's outputs back (not the commit it trained on,
+    whose dvc.lock, if any, holds the run before)."""
+    out = _git(["log", "--exclude=refs/stash", "--all", "--reverse", "--format=%H",
+                "-S", md5, "--", "dvc.lock"], cwd or Path.cwd())
+    return out.split()[0] if out else None
+
+
+def tree_matches(commit: str, cwd: Path | None = None) -> bool:
+    """True when the tracked files (code, params, dvc.lock) are as in `commit`."""
+    return _git(["diff", "--quiet", commit, "--"], cwd or Path.cwd()) is not None

@@ -62,6 +62,26 @@ def _retry_locked(fn, *args, **kwargs):
             time.sleep(0.2 * (attempt + 1))
 
 
+@contextlib.contextmanager
+def _store_init_lock(uri: str) -> Iterator[None]:
+    """One process at a time creates a sqlite store's tables: parallel `dvc exp run -j 2`
+    jobs on a new mlflow.db otherwise race through the schema migrations and fail
+    ("duplicate column name"). The lock file sits beside the store (gitignored)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        fcntl = None
+    if fcntl is None or not uri.startswith("sqlite:///"):
+        yield
+        return
+    with open(uri[len("sqlite:///"):] + "-init.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class Tracker:
     def __init__(self, uri: str | None = None):
         import logging
@@ -76,7 +96,9 @@ class Tracker:
         self.uri = uri or tracking_uri()
         check_reachable(self.uri)
         mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        with _store_init_lock(self.uri):  # opens (on first use creates) the store
+            self.client = MlflowClient(tracking_uri=self.uri)
+            _retry_locked(self.client.search_experiments, max_results=1)
 
     def experiment_id(self, name: str) -> str:
         exp = _retry_locked(self.client.get_experiment_by_name, name)
@@ -134,6 +156,14 @@ class Tracker:
         metrics = [Metric(key, float(value), now, int(step)) for key, value, step in rows]
         for i in range(0, len(metrics), 1000):
             _retry_locked(self.client.log_batch, run_id, metrics=metrics[i:i + 1000])
+
+    def log_missing_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
+        """Log the rows whose (key, step) the run does not hold yet (a resumed
+        train re-sends its checkpoint's rows, which a kill may have cut off)."""
+        rows = [tuple(row) for row in rows]
+        have = {(key, m.step) for key in {row[0] for row in rows}
+                for m in _retry_locked(self.client.get_metric_history, run_id, key)}
+        self.log_metrics(run_id, [row for row in rows if (row[0], int(row[2])) not in have])
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         from mlflow.entities import RunTag

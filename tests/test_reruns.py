@@ -1,0 +1,46 @@
+"""DVC reruns exactly the stages a change reaches: real `dvc repro`, one project
+reused across the steps (each step is the state the previous one left)."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import make_project, run, tiny_text, write_params
+
+ALL = ["download", "clean", "tokenize", "split", "train", "evaluate", "sample"]
+
+
+def ran(project) -> list[str]:
+    """The stages `dvc repro` ran, in order, from its "Running stage 'X'" lines."""
+    out = run(["dvc", "repro"], project, timeout=300).stdout
+    return [line.split("'")[1] for line in out.splitlines()
+            if line.startswith("Running stage '")]
+
+
+def with_typographic_quotes(text: str) -> str:
+    """clean.ascii_punctuation folds ’ back to ', so turning it on changes the corpus."""
+    assert "'" in text
+    return text.replace("'", "\u2019")
+
+
+@pytest.mark.slow
+def test_each_change_reruns_exactly_the_stages_it_reaches(tmp_path):
+    project = make_project(tmp_path / "proj", corpus=with_typographic_quotes(tiny_text()))
+    assert ran(project) == ALL
+    assert ran(project) == []  # no change: nothing runs
+
+    write_params(project, {"sample": {"temperature": 0.5}})
+    assert ran(project) == ["sample"]
+
+    write_params(project, {"evaluate": {"batch_size": 32}})
+    assert ran(project) == ["evaluate"]
+
+    corpus = (project / "data/clean/corpus.txt").read_bytes()
+    write_params(project, {"clean": {"ascii_punctuation": True}})
+    assert ran(project) == ALL[1:]  # clean and everything after it
+    assert (project / "data/clean/corpus.txt").read_bytes() != corpus
+    assert "\u2019" not in (project / "data/clean/corpus.txt").read_text(encoding="utf-8")
+
+    source = project / "corpus" / "corpus.txt"  # where data.source points
+    source.write_text(with_typographic_quotes(tiny_text(30_000)), encoding="utf-8")
+    assert ran(project) == ALL
+    assert ran(project) == []
