@@ -54,7 +54,7 @@ class SplitParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    kind: str = "gpt"                # gpt | bigram
+    kind: str = "gpt"                # gpt | bigram | modern
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
@@ -84,6 +84,8 @@ class TrainParams:
     checkpoint_interval: int = 250
     grad_accum: int = 1
     launcher: str = "python"         # python | torchrun --nproc_per_node=N (dvc.yaml's cmd)
+    optimizer: str = "adamw"         # adamw | muon (the blocks' matrices; the rest AdamW)
+    muon_lr: float = 0.02            # Muon's peak step; follows train.lr's warmup and decay
 
 
 @dataclass(frozen=True)
@@ -222,11 +224,14 @@ def validate(p: Params) -> Params:
     _check(0 < p.split.train_fraction < 1, "split.train_fraction",
            "strictly between 0 and 1", p.split.train_fraction)
     m = p.model
-    _choice("model.kind", m.kind, ("gpt", "bigram"))
+    _choice("model.kind", m.kind, ("gpt", "bigram", "modern"))
     for key in ("n_layer", "n_head", "n_embd", "block_size"):
         _check(getattr(m, key) >= 1, f"model.{key}", ">= 1", getattr(m, key))
     _check(m.n_embd % m.n_head == 0, "model.n_embd",
            f"divisible by model.n_head ({m.n_head})", m.n_embd)
+    if m.kind == "modern" and m.n_embd % m.n_head == 0:
+        _check((m.n_embd // m.n_head) % 2 == 0, "model.n_embd",
+               "an even multiple of model.n_head for modern (rotary embeddings)", m.n_embd)
     _check(0 <= m.dropout < 1, "model.dropout", "in [0, 1)", m.dropout)
     t = p.train
     _check(t.batch_size >= 1, "train.batch_size", ">= 1", t.batch_size)
@@ -248,6 +253,8 @@ def validate(p: Params) -> Params:
     _check(t.launcher.split()[:1] in (["python"], ["python3"], ["torchrun"]), "train.launcher",
            "'python' or 'torchrun --nproc_per_node=N'", t.launcher)
     _choice("train.autocast", t.autocast, ("auto", "bf16", "off"))
+    _choice("train.optimizer", t.optimizer, ("adamw", "muon"))
+    _check(t.muon_lr > 0, "train.muon_lr", "> 0", t.muon_lr)
     _check(p.evaluate.batch_size >= 1, "evaluate.batch_size", ">= 1", p.evaluate.batch_size)
     s = p.sample
     _check(len(s.prompts) >= 1, "sample.prompts", "a non-empty list", list(s.prompts))
