@@ -48,6 +48,19 @@ class KVCache:
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
+def _attention(q, k, v, mask, causal: bool, dropout_p: float) -> torch.Tensor:
+    """scaled_dot_product_attention; always fp32 on CPU, also under bf16 autocast:
+    torch's bf16 attention backward on CPU is ~6x slower than fp32 at these sizes,
+    while the bf16 matmuls around it are the fast part (benchmarks/)."""
+    if q.device.type == "cpu":
+        with torch.autocast("cpu", enabled=False):
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                               is_causal=causal, dropout_p=dropout_p)
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                          dropout_p=dropout_p)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -71,8 +84,7 @@ class CausalSelfAttention(nn.Module):
         else:  # several new tokens after a cached prefix
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
             causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = _attention(q, k, v, mask, causal, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -209,8 +221,7 @@ class ModernAttention(nn.Module):
         mask, causal = None, past == 0
         if past and T > 1:  # several new tokens after a cached prefix
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = _attention(q, k, v, mask, causal, self.dropout if self.training else 0.0)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
 
 
@@ -273,7 +284,7 @@ class Modern(nn.Module):
         if start + T > self.cfg.block_size:
             raise ValueError(f"context of {start + T} tokens exceeds block_size "
                              f"{self.cfg.block_size}")
-        cos = self.rope_cos[start:start + T].view(1, T, 1, -1)
+        cos = self.rope_cos[start:start + T].view(1, T, 1, -1)  # (B, T, heads, head_dim)
         sin = self.rope_sin[start:start + T].view(1, T, 1, -1)
         x = self.drop(_rms(self.wte(idx)))
         for block in self.blocks:

