@@ -41,6 +41,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -193,8 +194,17 @@ def run_measured(cmd: list[str], cwd: Path, env: dict, log: Path) -> Measured:
     log.parent.mkdir(parents=True, exist_ok=True)
     stats = log.with_suffix(".rusage.json")
     with open(log, "wb") as out:
-        proc = subprocess.run([sys.executable, "-c", _WAIT4, str(stats), *cmd], cwd=cwd,
-                              env=env, stdout=out, stderr=subprocess.STDOUT)
+        # its own process group: an interrupted benchmark takes the stage down with it
+        proc = subprocess.Popen([sys.executable, "-c", _WAIT4, str(stats), *cmd], cwd=cwd,
+                                env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            proc.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            raise
     usage = json.loads(stats.read_text()) if stats.exists() else {"seconds": float("nan"),
                                                                    "rss_kb": 0}
     return Measured(usage["seconds"], usage["rss_kb"] / 1024, proc.returncode,
@@ -892,6 +902,10 @@ def markdown(ctx: Context, info: dict, seconds: float) -> str:
     return "\n".join(out)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny workloads (CI smoke run)")
@@ -911,6 +925,8 @@ def main(argv: list[str] | None = None) -> int:
     if {"loss", "dvc"} & set(only):
         only.append("stages")  # their projects and data
     started = time.perf_counter()
+    # SIGTERM unwinds like Ctrl-C: stages are stopped and the temp dir removed
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.quick:  # a smoke run: one thread keeps it quick on a busy machine too
         os.environ["OMP_NUM_THREADS"] = "1"
         import torch
@@ -949,4 +965,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing too
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.stderr.write("benchmarks: interrupted\n")
+        sys.exit(130)
