@@ -113,7 +113,25 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT(nn.Module):
+class CachedLM(nn.Module):
+    """What GPT and Modern share: a KV cache sized by block_size, and the check
+    that new tokens after the cached ones still fit in it."""
+
+    cfg: ModelConfig
+
+    def new_cache(self, batch: int) -> KVCache:
+        return KVCache(self.cfg, batch, self.wte.weight.device, self.wte.weight.dtype)
+
+    def _window(self, idx: torch.Tensor, cache: KVCache | None) -> tuple[int, int, int]:
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.cfg.block_size:
+            raise ValueError(f"context of {start + T} tokens exceeds block_size "
+                             f"{self.cfg.block_size}")
+        return B, T, start
+
+
+class GPT(CachedLM):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -141,15 +159,8 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def new_cache(self, batch: int) -> KVCache:
-        return KVCache(self.cfg, batch, self.wte.weight.device, self.wte.weight.dtype)
-
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.cfg.block_size:
-            raise ValueError(f"context of {start + T} tokens exceeds block_size "
-                             f"{self.cfg.block_size}")
+        B, T, start = self._window(idx, cache)
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.blocks:
@@ -247,7 +258,7 @@ class ModernBlock(nn.Module):
         return x + self.mlp(_rms(x))
 
 
-class Modern(nn.Module):
+class Modern(CachedLM):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if (cfg.n_embd // cfg.n_head) % 2:
@@ -275,15 +286,8 @@ class Modern(nn.Module):
             nn.init.normal_(self.wte.weight, mean=0.0, std=1.0)
             nn.init.zeros_(self.lm_head.weight)
 
-    def new_cache(self, batch: int) -> KVCache:
-        return KVCache(self.cfg, batch, self.wte.weight.device, self.wte.weight.dtype)
-
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.cfg.block_size:
-            raise ValueError(f"context of {start + T} tokens exceeds block_size "
-                             f"{self.cfg.block_size}")
+        B, T, start = self._window(idx, cache)
         cos = self.rope_cos[start:start + T].view(1, T, 1, -1)  # (B, T, heads, head_dim)
         sin = self.rope_sin[start:start + T].view(1, T, 1, -1)
         x = self.drop(_rms(self.wte(idx)))
