@@ -356,7 +356,8 @@ def bench_throughput(ctx: Context) -> None:
 
     from gptpipe.model import ModelConfig, build
     from gptpipe.params import TrainParams
-    from gptpipe.training import Trainer, autocast_dtype
+    from gptpipe.devices import autocast_dtype
+    from gptpipe.training import Trainer
 
     cpu = torch.device("cpu")
     peak = max(ctx.peak_fp32 or 0.0, matmul_gflops(reps=3 if ctx.quick else 8)["float32"])
@@ -408,7 +409,8 @@ _COMPILE_WORKER = r"""
 import json, sys, time, numpy as np, torch
 from gptpipe.model import ModelConfig, build
 from gptpipe.params import TrainParams
-from gptpipe.training import Trainer, autocast_dtype
+from gptpipe.devices import autocast_dtype
+from gptpipe.training import Trainer
 cpu = torch.device("cpu")
 data = np.random.default_rng(0).integers(0, 65, size=300_000).astype(np.uint8)
 ref = dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
@@ -622,7 +624,7 @@ QUICK_TRAIN = {"model": {"n_layer": 1, "n_head": 2, "n_embd": 32},
 
 def bench_loss(ctx: Context) -> None:
     proj = ctx.shakes
-    from gptpipe.training import cpu_has_amx
+    from gptpipe.devices import cpu_has_amx
 
     source = {"data": {"source": str(ctx.corpus)}}
     runs = [  # time to val <= TARGET_VAL, read from reports/train_history.csv

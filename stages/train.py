@@ -34,7 +34,8 @@ def main() -> None:
 
     from gptpipe import distributed
     from gptpipe.model import ModelConfig, build, count_params
-    from gptpipe.training import Trainer, autocast_dtype, make_deterministic, pick_device
+    from gptpipe.devices import autocast_dtype, make_deterministic, pick_device
+    from gptpipe.training import Trainer
 
     device = pick_device(p.train.device)
     world = distributed.init(device)  # torchrun: one process per rank; else a world of 1
