@@ -15,21 +15,19 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from .params import ModelParams
+
 
 @dataclass(frozen=True)
-class ModelConfig:
-    kind: str = "gpt"
+class ModelConfig(ModelParams):
+    """The model params (their fields and defaults) and the tokenizer's vocab size:
+    what a model file records to rebuild the model."""
     vocab_size: int = 65
-    block_size: int = 64
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = True
-    tie_weights: bool = False
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        fields = dataclasses.asdict(self)
+        # the key order model files have always had
+        return {key: fields.pop(key) for key in ("kind", "vocab_size", "block_size")} | fields
 
 
 class KVCache:

@@ -15,6 +15,7 @@ no MLflow code here.
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import signal
 from dataclasses import dataclass, field
@@ -76,11 +77,7 @@ class TrainRun:
         if p.train.threads:
             torch.set_num_threads(p.train.threads)
         make_deterministic(p.train.seed)
-        cfg = ModelConfig(kind=p.model.kind, vocab_size=vocab_size,
-                          block_size=p.model.block_size, n_layer=p.model.n_layer,
-                          n_head=p.model.n_head, n_embd=p.model.n_embd,
-                          dropout=p.model.dropout, bias=p.model.bias,
-                          tie_weights=p.model.tie_weights)
+        cfg = ModelConfig(**dataclasses.asdict(p.model), vocab_size=vocab_size)
         model = build(cfg).to(device)
         amp = autocast_dtype(device, p.train.autocast)
         ddp_model = None
