@@ -1,4 +1,7 @@
-"""evaluate: loss, perplexity and bits per character over the whole val and train splits."""
+"""evaluate: loss, perplexity and bits per character over the whole val and train splits.
+
+Follows train.autocast (auto: bf16 where this machine runs it fast); bf16 moves
+the loss by ~1e-4 nats, measured by benchmarks/run.py --only evaluate."""
 from pathlib import Path
 
 from gptpipe import params, tokenizers
@@ -18,18 +21,23 @@ def main() -> None:
     p = params.load()
     run_id = read_run_ref(RUN_REF)["run_id"]
     tracker = Tracker()
+    from gptpipe.devices import choose_autocast
     from gptpipe.evaluation import split_metrics, total_nats
     from gptpipe.inference import load_model
 
     model, _ = load_model(MODEL, tokenizer_path=TOKENIZER)
     tokenizer = tokenizers.load(TOKENIZER)
     device = next(model.parameters()).device
+    amp = choose_autocast(device, p.train.autocast)
+    print(f"evaluate: {amp.name} ({amp.reason})", flush=True)
     metrics = {}
     with tracker.stage(run_id):
         tracker.log_params_once(run_id, p.flat(("evaluate",)))
+        tracker.set_tags(run_id, {"gptpipe.evaluate_autocast": amp.name})
         for split, path in (("val", VAL), ("train", TRAIN)):
             data = load_tokens(path)
-            nats, n_targets = total_nats(model, data, p.evaluate.batch_size, device)
+            nats, n_targets = total_nats(model, data, p.evaluate.batch_size, device,
+                                           amp.dtype)
             n_chars = len(tokenizer.decode(data[1:].tolist()))
             metrics[split] = {k: round(v, 6) if isinstance(v, float) else v
                               for k, v in split_metrics(nats, n_targets, n_chars).items()}

@@ -36,7 +36,7 @@ def main() -> None:
     run = TrainRun.build(p, device, world, tracker, read_json(TOKENIZER)["vocab_size"],
                          load_tokens(TRAIN), load_tokens(VAL), data_hashes)
     if not run.resume() and world.is_main:
-        run.run_id = _create_run(tracker, p, data_hashes, run.params_key)
+        run.run_id = _create_run(tracker, p, data_hashes, run.params_key, run.autocast)
     if world.is_main:
         print(f"train: {run.describe()}, MLflow run {run.run_id}", flush=True)
 
@@ -44,23 +44,26 @@ def main() -> None:
     with tracker.stage(run.run_id) if world.is_main else contextlib.nullcontext():
         run.train(should_stop)
         if world.is_main:
-            _write_outputs(run.trainer, run.config, p, data_hashes, run.run_id, tracker)
+            _write_outputs(run, p, data_hashes, tracker)
     run.close()
 
 
-def _create_run(tracker, p, data_hashes, params_key) -> str:
+def _create_run(tracker, p, data_hashes, params_key, autocast) -> str:
     # Only the stages before train: dvc.lock's train/evaluate/sample are the last run's.
     tags = {**git_state(), **stage_hashes(exclude=("train", "evaluate", "sample")),
             **{f"data.sha256.{k}": v for k, v in data_hashes.items()},
-            "data.sha256.raw": _raw_corpus_sha256(), "gptpipe.params_key": params_key}
+            "data.sha256.raw": _raw_corpus_sha256(), "gptpipe.params_key": params_key,
+            # what train.autocast resolved to on this machine, and why
+            "gptpipe.autocast": autocast.name, "gptpipe.autocast_reason": autocast.reason}
     exclude = ("evaluate", "sample")  # logged by their stages, which may rerun
     flat = p.flat(tuple(s for s in p.flat_sections() if s not in exclude))
     return tracker.create_run(p.mlflow.experiment, os.environ.get("DVC_EXP_NAME"), flat, tags)
 
 
-def _write_outputs(trainer, cfg, p, data_hashes, run_id, tracker) -> None:
+def _write_outputs(run, p, data_hashes, tracker) -> None:
     from gptpipe.model import count_params
 
+    trainer, cfg, run_id = run.trainer, run.config, run.run_id
     state = {k: v.detach().cpu().float().contiguous() for k, v in trainer.model.state_dict().items()}
     checkpoints.save(MODEL, {
         "format": checkpoints.MODEL_FORMAT, "model_config": cfg.as_dict(), "state_dict": state,
@@ -70,6 +73,8 @@ def _write_outputs(trainer, cfg, p, data_hashes, run_id, tracker) -> None:
     write_json(SUMMARY, {"parameters": count_params(trainer.model), "steps": trainer.step,
                          "final_train_loss": round(last.train_loss, 6),
                          "final_val_loss": round(last.val_loss, 6),
+                         # train.autocast auto depends on the machine: say what it chose
+                         "autocast": run.autocast.name,
                          "model": cfg.as_dict()})
     write_text(LOSSES, losses_csv(trainer.history))
     write_text(HISTORY, history_csv(trainer.history))

@@ -49,6 +49,12 @@ def test_seven_stages_then_sample_only_rerun_into_the_same_run(project):
     tags = mlrun.data.tags
     assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
     assert len(tags["data.sha256.train.npy"]) == 64
+    # train.autocast auto depends on the machine: what it chose is in the report and the run
+    train_report = json.loads((project / "reports/train.json").read_text())
+    assert train_report["autocast"] in ("bf16", "fp32")
+    assert tags["gptpipe.autocast"] == train_report["autocast"]
+    assert tags["gptpipe.autocast_reason"].startswith("auto: ")
+    assert tags["gptpipe.evaluate_autocast"] == train_report["autocast"]
     artifacts = {a.path for a in client.list_artifacts(run_id, "samples")}
     assert {"samples/samples.md", "samples/samples.json", "samples/table.json"} <= artifacts
     assert {a.path for a in client.list_artifacts(run_id, "plots")} == {"plots/loss_curve.png"}

@@ -6,6 +6,7 @@ import contextlib
 import os
 import random
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,26 +29,37 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(device: torch.device, mode: str) -> torch.dtype | None:
+@dataclass(frozen=True)
+class AutocastChoice:
+    dtype: torch.dtype | None  # None: fp32
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+
+
+def choose_autocast(device: torch.device, mode: str) -> AutocastChoice:
+    """train.autocast on this device: off, bf16, or auto, which measures (cached
+    per machine, gptpipe/cpu_features.py) rather than trusting a CPU brand."""
     if mode == "off":
-        return None
+        return AutocastChoice(None, "train.autocast off: fp32")
     if mode == "bf16":
-        return torch.bfloat16
+        return AutocastChoice(torch.bfloat16, "train.autocast bf16")
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    # On CPUs with AMX (bf16 matrix tiles), bf16 matmuls run ~6x faster than fp32
-    # and training the lecture's model ~1.5x faster, to the same loss (benchmarks/;
-    # attention stays fp32, see model._attention). Elsewhere `auto` keeps fp32.
-    if device.type == "cpu" and cpu_has_amx():
-        return torch.bfloat16
-    return None
+        if torch.cuda.is_bf16_supported():
+            return AutocastChoice(torch.bfloat16, "auto: CUDA device with bf16: bf16")
+        return AutocastChoice(None, "auto: CUDA device without bf16: fp32")
+    if device.type == "cpu":
+        from .cpu_features import cpu_bf16_choice
+
+        bf16, reason = cpu_bf16_choice()
+        return AutocastChoice(torch.bfloat16 if bf16 else None, reason)
+    return AutocastChoice(None, f"auto: {device.type}: fp32")
 
 
-def cpu_has_amx() -> bool:
-    try:
-        return bool(torch.cpu._is_amx_tile_supported())
-    except Exception:  # noqa: BLE001 - a private torch API; absent means no
-        return False
+def autocast_dtype(device: torch.device, mode: str) -> torch.dtype | None:
+    return choose_autocast(device, mode).dtype
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

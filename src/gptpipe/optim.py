@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .devices import cpu_has_amx
+from .devices import autocast_dtype
 from .params import TrainParams
 
 
@@ -29,16 +29,18 @@ def configure_optimizer(model: nn.Module, tp: TrainParams, device: torch.device)
                               fused=device.type in ("cuda", "cpu"))
     if not muon:
         return adamw
+    # Newton-Schulz in bf16 when training is (train.autocast): fast there, and the
+    # orthogonalised update needs no more precision than bf16 gives.
+    ns_bf16 = autocast_dtype(device, tp.autocast) == torch.bfloat16
     return OptimizerChain([adamw, Muon(muon, lr=tp.lr, lr_ratio=tp.muon_lr / tp.lr,
-                                       weight_decay=tp.weight_decay)])
+                                       weight_decay=tp.weight_decay, ns_bf16=ns_bf16)])
 
 
-def _newton_schulz(G: torch.Tensor, steps: int) -> torch.Tensor:
+def _newton_schulz(G: torch.Tensor, steps: int, bf16: bool) -> torch.Tensor:
     """Approximately orthogonalise a stack of wide (rows <= cols) matrices: the
-    quintic iteration of Muon, in bf16 where matmuls are fast in bf16."""
+    quintic iteration of Muon, in bf16 when `bf16` (where bf16 matmuls are fast)."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    fast_bf16 = G.is_cuda or cpu_has_amx()
-    X = G.bfloat16() if fast_bf16 else G.float()
+    X = G.bfloat16() if bf16 else G.float()
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
     for _ in range(steps):
         A = X @ X.mT
@@ -56,9 +58,11 @@ class Muon(torch.optim.Optimizer):
     weights as AdamW would."""
 
     def __init__(self, params, lr: float = 1e-3, lr_ratio: float = 20.0,
-                 momentum: float = 0.95, weight_decay: float = 0.0, ns_steps: int = 5):
+                 momentum: float = 0.95, weight_decay: float = 0.0, ns_steps: int = 5,
+                 ns_bf16: bool = False):
         super().__init__(params, dict(lr=lr, lr_ratio=lr_ratio, momentum=momentum,
                                       weight_decay=weight_decay, ns_steps=ns_steps))
+        self.ns_bf16 = ns_bf16
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -78,7 +82,8 @@ class Muon(torch.optim.Optimizer):
                 by_shape.setdefault(tuple(update.shape), []).append((p, tall, update))
             step_lr = group["lr"] * group["lr_ratio"]
             for shape, items in by_shape.items():
-                ortho = _newton_schulz(torch.stack([u for _, _, u in items]), group["ns_steps"])
+                ortho = _newton_schulz(torch.stack([u for _, _, u in items]), group["ns_steps"],
+                                       self.ns_bf16)
                 for (p, tall, _), o in zip(items, ortho):
                     if group["weight_decay"]:
                         p.mul_(1 - group["lr"] * group["weight_decay"])

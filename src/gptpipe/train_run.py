@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import checkpoints, distributed
-from .devices import autocast_dtype, make_deterministic, pick_device
+from .devices import AutocastChoice, choose_autocast, make_deterministic, pick_device
 from .distributed import World
 from .lineage import repo_root
 from .model import ModelConfig, build, count_params
@@ -62,6 +62,7 @@ class TrainRun:
     config: ModelConfig
     identity: dict
     checkpoint: Path
+    autocast: AutocastChoice
     tracker: object | None = None  # rank 0's; None on the other ranks
     run_id: str | None = None
     unlogged: list[MetricRow] = field(default_factory=list)  # a kill kept from the tracker
@@ -71,24 +72,27 @@ class TrainRun:
     def build(cls, p: Params, device: torch.device, world: World, tracker,
               vocab_size: int, train_data: np.ndarray, val_data: np.ndarray,
               data_hashes: dict[str, str]) -> "TrainRun":
-        identity = {**p.flat(("model", "train")), "world_size": world.size,
-                    **{f"sha256.{k}": v for k, v in data_hashes.items()}}
-        ckpt_dir = repo_root() / ".gptpipe" / "checkpoints" / checkpoints.identity_key(identity)
         if p.train.threads:
             torch.set_num_threads(p.train.threads)
+        # auto resolves per machine: the resolved dtype is part of what identifies
+        # the run, so a checkpoint never resumes in another precision.
+        amp = choose_autocast(device, p.train.autocast)
+        identity = {**p.flat(("model", "train")), "world_size": world.size,
+                    "autocast_dtype": amp.name,
+                    **{f"sha256.{k}": v for k, v in data_hashes.items()}}
+        ckpt_dir = repo_root() / ".gptpipe" / "checkpoints" / checkpoints.identity_key(identity)
         make_deterministic(p.train.seed)
         cfg = ModelConfig(**dataclasses.asdict(p.model), vocab_size=vocab_size)
         model = build(cfg).to(device)
-        amp = autocast_dtype(device, p.train.autocast)
         ddp_model = None
         if world.size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             ddp_model = DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
-        trainer = Trainer(model, train_data, val_data, p.train, device, amp,
+        trainer = Trainer(model, train_data, val_data, p.train, device, amp.dtype,
                           world=world, ddp_model=ddp_model)
-        return cls(trainer, cfg, identity, ckpt_dir / "checkpoint.pt", tracker)
+        return cls(trainer, cfg, identity, ckpt_dir / "checkpoint.pt", amp, tracker)
 
     @property
     def world(self) -> World:
@@ -102,7 +106,7 @@ class TrainRun:
     def describe(self) -> str:
         world, trainer = self.world, self.trainer
         return (f"{self.config.kind}, {count_params(trainer.model):,} parameters, device "
-                f"{trainer.device}{', bf16 autocast' if trainer.amp_dtype else ''}"
+                f"{trainer.device}, {self.autocast.name} ({self.autocast.reason})"
                 f"{f', {world.size} processes' if world.size > 1 else ''}")
 
     # -- resume ---------------------------------------------------------------
