@@ -163,3 +163,36 @@ def test_attention_runs_in_fp32_under_cpu_bf16_autocast(kind, monkeypatch):
             low = model(idx)
     assert seen and all(dtype == torch.float32 and not on for dtype, on in seen)
     assert (low.float() - full).abs().max() < 0.1 * full.abs().max() + 0.05
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_newton_schulz_on_a_stack_orthogonalises_each_matrix_as_alone(bf16):
+    from gptpipe.optim import _newton_schulz
+
+    torch.manual_seed(0)
+    stack = torch.randn(3, 16, 48)  # three same-shape matrices: one bmm chain
+    together = _newton_schulz(stack, 5, bf16).float()
+    alone = torch.cat([_newton_schulz(m[None], 5, bf16).float() for m in stack])
+    assert torch.allclose(together, alone, atol=1e-2 if bf16 else 1e-5)
+    # near-orthogonal rows: singular values in Muon's band around 1, not the input's
+    singular = torch.linalg.svdvals(together)
+    assert singular.min() > 0.5 and singular.max() < 1.3, singular
+    assert torch.linalg.svdvals(stack).max() > 5
+
+
+def test_muon_in_bf16_takes_the_same_steps_as_in_fp32_to_bf16_precision():
+    torch.manual_seed(0)
+    weights = [torch.randn(32, 32), torch.randn(96, 32), torch.randn(32, 128)]
+    grads = [torch.randn_like(w) for w in weights]
+    moved = {}
+    for bf16 in (False, True):
+        ps = [torch.nn.Parameter(w.clone()) for w in weights]
+        opt = Muon(ps, lr=0.01, lr_ratio=1.0, weight_decay=0.1, ns_bf16=bf16)
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        opt.step()
+        assert all(p.dtype == torch.float32 for p in ps)  # the weights stay fp32
+        moved[bf16] = [(p.detach() - w) for p, w in zip(ps, weights)]
+    for a, b in zip(moved[False], moved[True]):
+        assert a.abs().max() > 1e-3  # it did step
+        assert torch.allclose(a, b, atol=0.1 * a.abs().max().item())

@@ -67,28 +67,39 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
-            by_shape: dict[tuple, list] = {}
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            bufs = []
+            for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                update = p.grad.lerp(buf, group["momentum"])
-                tall = update.size(0) > update.size(1)
-                update = update.mT if tall else update
-                by_shape.setdefault(tuple(update.shape), []).append((p, tall, update))
+                bufs.append(state["momentum_buffer"])
+            # one kernel per op over all the matrices, not one per matrix
+            torch._foreach_lerp_(bufs, grads, 1 - group["momentum"])
+            updates = torch._foreach_lerp(grads, bufs, group["momentum"])  # Nesterov
+            by_shape: dict[tuple, list[int]] = {}
+            for i, u in enumerate(updates):  # tall matrices are orthogonalised transposed
+                by_shape.setdefault(tuple(sorted(u.shape)), []).append(i)
+            ortho: list = [None] * len(params)
+            for indices in by_shape.values():
+                # (k, rows, cols) with rows <= cols: one bmm chain for every matrix of a shape
+                stack = torch.stack([updates[i].mT if _tall(updates[i]) else updates[i]
+                                     for i in indices])
+                result = _newton_schulz(stack, group["ns_steps"], self.ns_bf16)
+                for i, o in zip(indices, result):
+                    ortho[i] = (o.mT if _tall(params[i]) else o).to(params[i].dtype)
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
             step_lr = group["lr"] * group["lr_ratio"]
-            for shape, items in by_shape.items():
-                ortho = _newton_schulz(torch.stack([u for _, _, u in items]), group["ns_steps"],
-                                       self.ns_bf16)
-                for (p, tall, _), o in zip(items, ortho):
-                    if group["weight_decay"]:
-                        p.mul_(1 - group["lr"] * group["weight_decay"])
-                    scale = step_lr * max(1.0, p.size(0) / p.size(1)) ** 0.5
-                    p.add_((o.mT if tall else o).to(p.dtype), alpha=-scale)
+            scales = [-step_lr * max(1.0, p.size(0) / p.size(1)) ** 0.5 for p in params]
+            torch._foreach_add_(params, torch._foreach_mul(ortho, scales))
+
+
+def _tall(m: torch.Tensor) -> bool:
+    return m.size(-2) > m.size(-1)
 
 
 class OptimizerChain:
