@@ -14,7 +14,7 @@ from gptpipe.errors import run_main
 from gptpipe.files import read_json, sha256_file, write_json
 from gptpipe.lineage import git_state, stage_hashes
 from gptpipe.reporting import history_csv, losses_csv, write_loss_curve, write_text
-from gptpipe.tracking import Tracker
+from gptpipe.tracking import BackgroundRun
 
 TRAIN, VAL = Path("data/split/train.npy"), Path("data/split/val.npy")
 TOKENIZER = Path("data/tokens/tokenizer.json")
@@ -29,21 +29,27 @@ def main() -> None:
     from gptpipe.train_run import TrainRun, start_world, stop_on_signals
 
     device, world = start_world(p.train.device)
-    # Rank 0 alone talks to MLflow; it fails now, not after training, if unreachable.
-    tracker = Tracker() if world.is_main else None
+    # Rank 0 alone talks to MLflow, in the background from here on: training starts
+    # without waiting for it; an unreachable server still fails the stage, before
+    # the first checkpoint.
+    mlflow = BackgroundRun() if world.is_main else None
     data_hashes = {"train.npy": sha256_file(TRAIN), "val.npy": sha256_file(VAL),
                    "tokenizer.json": sha256_file(TOKENIZER)}
-    run = TrainRun.build(p, device, world, tracker, read_json(TOKENIZER)["vocab_size"],
+    run = TrainRun.build(p, device, world, mlflow, read_json(TOKENIZER)["vocab_size"],
                          load_tokens(TRAIN), load_tokens(VAL), data_hashes)
-    if not run.resume() and world.is_main:
-        run.run_id = _create_run(tracker, p, data_hashes, run.params_key, run.autocast)
+    resumed = run.resume()
     if world.is_main:
-        print(f"train: {run.describe()}, MLflow run {run.run_id}", flush=True)
+        resumed_id = run.run_id
+        mlflow.open(lambda tracker: resumed_id if resumed else _create_run(
+            tracker, p, data_hashes, run.params_key, run.autocast))
+        print(f"train: {run.describe()}", flush=True)
 
     should_stop = stop_on_signals()
-    with tracker.stage(run.run_id) if world.is_main else contextlib.nullcontext():
+    with mlflow.stage() if world.is_main else contextlib.nullcontext():
         run.train(should_stop)
         if world.is_main:
+            tracker, run.run_id = mlflow.get()
+            print(f"train: MLflow run {run.run_id}", flush=True)
             _write_outputs(run, p, data_hashes, tracker)
     run.close()
 

@@ -417,14 +417,15 @@ def test_sigterm_and_ctrl_c_stop_cleanly_then_dvc_repro_resumes(trained, tmp_pat
 
 # -- MLflow ----------------------------------------------------------------------------
 
-def test_unreachable_tracking_server_fails_before_training_without_the_password(faulted):
+def test_unreachable_tracking_server_fails_before_a_checkpoint_without_the_password(faulted):
     case = faulted["unreachable"]
     port = re.search(r":(\d+)$", case.env["MLFLOW_TRACKING_URI"]).group(1)
     assert error_line(case.result, "train") == (
         f"train: error: MLflow tracking server http://***@127.0.0.1:{port} is unreachable "
         "(ConnectionError); start it or unset MLFLOW_TRACKING_URI")
     assert "secret" not in case.result.stdout + case.result.stderr
-    assert not STEP_LINE.search(case.result.stdout)  # not one step trained
+    # training starts while MLflow opens in the background; the failure stops it
+    # before its first checkpoint (none below), with no output written
     assert snapshot(case.project) == case.before
     assert not (case.project / ".gptpipe").exists()
 

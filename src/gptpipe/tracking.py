@@ -13,7 +13,7 @@ import os
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from .errors import StopRequested, UserError
 from .lineage import repo_root
@@ -86,6 +86,9 @@ class Tracker:
     def __init__(self, uri: str | None = None):
         import logging
 
+        self.uri = uri or tracking_uri()
+        check_reachable(self.uri)  # before importing mlflow (seconds): fail fast
+
         import mlflow
         from mlflow.tracking import MlflowClient
 
@@ -93,8 +96,6 @@ class Tracker:
         # business; warnings and errors still show.
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        self.uri = uri or tracking_uri()
-        check_reachable(self.uri)
         mlflow.set_tracking_uri(self.uri)
         with _store_init_lock(self.uri):  # opens (on first use creates) the store
             self.client = MlflowClient(tracking_uri=self.uri)
@@ -195,6 +196,63 @@ class Tracker:
             self.end(run_id, "KILLED" if isinstance(exc, StopRequested) else "FAILED")
             raise
         self.end(run_id, "FINISHED")
+
+
+class BackgroundRun:
+    """The train stage's MLflow side, started in a background thread so the first
+    training step does not wait for MLflow's import, the store or the server.
+
+    The thread opens the store at once (Tracker), then creates or reopens the
+    run when `open` says how. `check` raises the thread's error (an unreachable
+    server: a one-line UserError) as soon as it is known; `get` waits for the
+    run. train_run.TrainRun calls `get` before its first checkpoint, since the
+    checkpoint stores the run id and metrics reach MLflow only after it."""
+
+    def __init__(self, uri: str | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-start")
+        self._tracker = self._pool.submit(Tracker, uri)
+        self._run = None
+
+    def open(self, run_id_for: Callable[[Tracker], str]) -> None:
+        """In the background: run_id_for(tracker) (create a run, or name the
+        resumed one), then mark it RUNNING."""
+        def work() -> tuple[Tracker, str]:
+            tracker = self._tracker.result()
+            run_id = run_id_for(tracker)
+            tracker.reopen(run_id)
+            return tracker, run_id
+
+        self._run = self._pool.submit(work)
+
+    def check(self) -> None:
+        for future in (self._tracker, self._run):
+            if future is not None and future.done() and future.exception() is not None:
+                raise future.exception()
+
+    def get(self) -> tuple[Tracker, str]:
+        if self._run is None:
+            raise RuntimeError("BackgroundRun.get before open")
+        return self._run.result()
+
+    @contextlib.contextmanager
+    def stage(self) -> Iterator[None]:
+        """Tracker.stage for a run still being opened: FINISHED at the end, FAILED
+        (or KILLED) if the stage fails; a run that never opened is left alone."""
+        try:
+            yield
+        except BaseException as exc:
+            opened = None
+            if self._run is not None:
+                with contextlib.suppress(Exception):
+                    opened = self._run.result()
+            if opened is not None:
+                stopped = isinstance(exc, (KeyboardInterrupt, StopRequested))
+                opened[0].end(opened[1], "KILLED" if stopped else "FAILED")
+            raise
+        tracker, run_id = self.get()
+        tracker.end(run_id, "FINISHED")
 
 
 def read_run_ref(path: Path) -> dict:

@@ -4,20 +4,24 @@ checkpoint, and the metric rows it owes the tracker.
 - Resume: a checkpoint under .gptpipe/checkpoints/<hash of params, data and
   world size>/ (where DVC never deletes it) continues exactly; one from other
   params or data is refused.
+- Training starts at once: MLflow opens in the background (tracking.BackgroundRun);
+  the first checkpoint waits for it, since it stores the run id.
 - Metrics reach the tracker only once the checkpoint covering them is on disk,
   and the checkpoint keeps them too: a resumed run sends those the tracker lacks,
   so its history continues without gaps or duplicates.
 - SIGTERM / Ctrl-C stop at a step boundary, after a checkpoint.
 
 Under DDP every rank trains; rank 0 alone has a tracker and writes files. The
-tracker is any object with log_metrics / log_missing_metrics (tracking.Tracker):
-no MLflow code here.
+tracker is a tracking.BackgroundRun (check, get -> a Tracker with log_metrics /
+log_missing_metrics, and the run id): no MLflow code here.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -63,7 +67,7 @@ class TrainRun:
     identity: dict
     checkpoint: Path
     autocast: AutocastChoice
-    tracker: object | None = None  # rank 0's; None on the other ranks
+    tracker: object | None = None  # rank 0's BackgroundRun; None on the other ranks
     run_id: str | None = None
     unlogged: list[MetricRow] = field(default_factory=list)  # a kill kept from the tracker
     pending: list[MetricRow] = field(default_factory=list)  # evals since the last checkpoint
@@ -137,8 +141,7 @@ class TrainRun:
         from tqdm import tqdm
 
         world, trainer = self.world, self.trainer
-        if world.is_main:  # the last checkpoint's rows a kill kept from the tracker
-            self.tracker.log_missing_metrics(self.run_id, self.unlogged)
+        first_step = trainer.step + 1
         with tqdm(total=trainer.tp.max_iters, initial=trainer.step, desc="train",
                   mininterval=1.0, dynamic_ncols=True, disable=not world.is_main) as bar:
             def on_eval(row: EvalRow) -> None:
@@ -148,11 +151,20 @@ class TrainRun:
                               f"val {row.val_loss:.4f}")
 
             def progress(step: int, loss: float, tokens_per_s: float) -> None:
+                if world.is_main:
+                    self.tracker.check()  # MLflow failed in the background: stop now
+                    if step == first_step:
+                        bar.write(f"train: first step done {process_age_s():.2f} s after "
+                                  "the process started")
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}",
                                 refresh=False)
 
             trainer.run(on_eval, self._save_checkpoint, should_stop, progress)
+        if world.is_main and self.unlogged:  # resumed at the end: no checkpoint since
+            tracker, run_id = self._tracked()
+            tracker.log_missing_metrics(run_id, self.unlogged)
+            self.unlogged = []
         digests = distributed.gather(distributed.weights_digest(trainer.model), world)
         if world.is_main:
             if len(set(digests)) != 1:
@@ -170,14 +182,43 @@ class TrainRun:
         state = trainer.state_dict()  # a collective under DDP: every rank takes part
         if not self.world.is_main:
             return
+        tracker, run_id = self._tracked()  # the checkpoint names the run: wait for it
         rows = self.pending + [(k, v, s) for s, lr, loss in trainer.batch_losses
                                for k, v in (("batch_loss", loss), ("lr", lr))]
         # The rows go in the checkpoint too: a kill between the save and the log
-        # would lose them; a resume logs those the tracker lacks.
+        # would lose them; a resume logs those the tracker lacks. So do the rows
+        # the resumed checkpoint owed the tracker, until they are logged.
+        owed = [tuple(r) for r in self.unlogged]
         checkpoints.save(self.checkpoint, {"format": checkpoints.CHECKPOINT_FORMAT,
-                                           "identity": self.identity, "run_id": self.run_id,
+                                           "identity": self.identity, "run_id": run_id,
                                            "trainer": state,
-                                           "unlogged": [list(r) for r in rows]})
-        self.tracker.log_metrics(self.run_id, rows)
+                                           "unlogged": [list(r) for r in owed + rows]})
+        if owed:
+            tracker.log_missing_metrics(run_id, owed)
+            self.unlogged = []
+        tracker.log_metrics(run_id, rows)
         self.pending.clear()
         trainer.batch_losses.clear()
+
+    def _tracked(self):
+        """The tracker and run id, once the background has opened the run."""
+        tracker, run_id = self.tracker.get()
+        if self.run_id is None:
+            self.run_id = run_id
+        return tracker, run_id
+
+
+def process_age_s() -> float:
+    """Seconds since this process started: from /proc on Linux (interpreter
+    start-up and imports included), else since this module was imported."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.perf_counter() - _IMPORTED
+
+
+_IMPORTED = time.perf_counter()
