@@ -93,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
     info = machine()
     print(f"gptpipe benchmarks ({'quick' if args.quick else 'full'}): {info['cpu']}, "
-          f"{info['cores']} cores, torch {info['torch']}, load {info['load']}", flush=True)
+          f"{info['cores']} cores, torch {info['torch']}, load {info['load']}\n"
+          f"  CPU features: {info['features']}; train.autocast auto: {info['autocast']} "
+          f"({info['autocast_reason']})", flush=True)
     with tempfile.TemporaryDirectory(prefix="gptpipe-bench-") as tmp:
-        ctx = Context(quick=args.quick, tmp=Path(tmp),
+        ctx = Context(quick=args.quick, tmp=Path(tmp), machine=info,
                       repeats=max(1, args.repeats or (1 if args.quick else 2)))
         for name in SECTIONS:
             if name not in only:
@@ -107,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - report, go on, fail at the end
                 message = f"{name}: {type(exc).__name__}: {exc}"
                 ctx.errors.append(message.splitlines()[0])
-                ctx.add(name, f"{name} failed", " ".join(str(exc).split())[:300])
+                ctx.add(name, f"{name} failed", "error: " + " ".join(str(exc).split())[:300])
                 traceback.print_exc()
             ctx.took[name] = time.perf_counter() - section_start
             print(f"[{name}] {ctx.took[name]:.1f} s", flush=True)
         seconds = time.perf_counter() - started
-        text = markdown(ctx, info, seconds)
+        existing = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+        text = markdown(ctx, info, seconds, existing)
     print()
     print(table(ctx.rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ EXPECTED_ROWS = [
     ("throughput", "plain fp32 eager"),
     ("throughput", "gptpipe step, autocast off"),
     ("throughput", "gptpipe step, default (train.autocast auto)"),
+    ("throughput", "model.kind modern + AdamW"),
     ("throughput", "model.kind modern + train.optimizer muon"),
     ("throughput", "torch.compile"),
     ("sampling", "KV cache"),
@@ -29,7 +30,8 @@ EXPECTED_ROWS = [
     ("loss", "train.autocast auto"),
     ("loss", "recipe: benchmarks/tinyshakespeare.yaml"),
     ("dvc", "no-op `dvc repro`"),
-    ("evaluate", "fp32, batch 64 (the evaluate stage)"),
+    ("evaluate", "fp32, batch 64 (the evaluate stage before)"),
+    ("evaluate", "the evaluate stage now: train.autocast auto"),
     ("evaluate", "bf16 autocast, batch 256"),
     ("tokenizers", "BPE training, vocab 1024"),
     ("tokenizers", "encode MB/s: char"),
@@ -52,7 +54,13 @@ def test_quick_benchmark_writes_the_table_with_every_row(tmp_path: Path):
     for section, name in EXPECTED_ROWS:
         matching = [c for c in cells if c[0] == section and name in c[1]]
         assert len(matching) == 1, f"expected one {section} row with {name!r}:\n" + "\n".join(rows)
-    assert not any("failed" in c[1] or "failed" in c[2] for c in cells), "\n".join(rows)
+    # a row that errored says so, and fails the smoke test (a skip is not an error)
+    assert not any("failed" in c[1] or c[2].startswith("error") for c in cells), "\n".join(rows)
+    assert "Errors:" not in text
+    # what the CPU has and what train.autocast auto chose here, and why
+    assert re.search(r"^- CPU features seen: AMX (yes|no), AVX-512 BF16 (yes|no), AVX2 (yes|no)$",
+                     text, re.M), text[:800]
+    assert re.search(r"^- `train.autocast: auto` chose \*\*(bf16|fp32)\*\*: auto: ", text, re.M)
     assert "greedy tokens identical to recomputation: yes" in text
     # the table is printed too, as written
     assert rows[0] in result.stdout

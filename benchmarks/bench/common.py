@@ -24,7 +24,8 @@ RECIPE_PRESET = HERE / "tinyshakespeare.yaml"
 SHARED_CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 TARGET_VAL = 1.8857       # nanoGPT baby GPT's final val loss (shared/REFERENCE.md)
-REF_SECONDS = 106.0       # the same run's wall time on this kind of machine
+# Context only, never a ratio's denominator (those are measured in the same command):
+REF_SECONDS = 106.0       # nanoGPT's own run to that loss, on an AMX Xeon, another day
 REF_TOKENS_S = 16_400     # its median training throughput
 REF_NOOP_S = 0.77         # no-op `dvc repro` of a 7-stage chain
 MIN_EVAL_TOKENS = 20 * 12 * 64  # eval_batches * batch_size * block_size of the reference
@@ -72,6 +73,7 @@ class Context:
     shakes: "Project | None" = None      # the tinyshakespeare project
     dvc_project: "Project | None" = None
 
+    machine: dict = field(default_factory=dict)  # machine(): the CPU, its features
     took: dict = field(default_factory=dict)  # seconds per section
     repeats: int = 1                          # runs of each config in the loss section
 
@@ -104,24 +106,34 @@ def median(values) -> float:
 # -- the machine -----------------------------------------------------------------------
 
 def machine() -> dict:
+    """The CPU, its bf16-relevant features, and what train.autocast auto chose here."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    flags = ""
-    with contextlib.suppress(OSError):
-        text = Path("/proc/cpuinfo").read_text()
-        found = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in text]
-        flags = ", ".join(found)
-    return {"cpu": cpu, "flags": flags, "cores": os.cpu_count(),
+    from gptpipe.cpu_features import cpu_features
+    from gptpipe.devices import choose_autocast
+
+    features = cpu_features()
+    choice = choose_autocast(torch.device("cpu"), "auto")
+    yes_no = {True: "yes", False: "no"}
+    return {"cpu": features.model, "kind": machine_kind(features),
+            "features": f"AMX {yes_no[features.amx]}, AVX-512 BF16 "
+                        f"{yes_no[features.avx512_bf16]}, AVX2 {yes_no[features.avx2]}",
+            "bf16_instructions": features.has_bf16_instructions,
+            "autocast": choice.name, "autocast_reason": choice.reason,
+            "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(),
             "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
             "load": _load()}
+
+
+def machine_kind(features) -> str:
+    """BENCHMARKS.md keeps one table per kind of machine."""
+    if features.amx:
+        return "CPU with AMX"
+    if features.avx512_bf16:
+        return "CPU with AVX-512 BF16, no AMX"
+    return "CPU without bf16 instructions" + (" (AVX2)" if features.avx2 else "")
 
 
 def _load() -> str:

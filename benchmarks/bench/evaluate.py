@@ -1,4 +1,5 @@
-"""evaluate: the evaluate stage's inference, fp32 vs bf16, batch 64 vs 256."""
+"""evaluate: the evaluate stage's inference, fp32 (the stage before train.autocast
+reached it) vs the stage now (train.autocast auto), bf16, batch 64 vs 256."""
 from __future__ import annotations
 
 import time
@@ -28,8 +29,13 @@ def bench_evaluate(ctx: Context) -> None:
         what = "an untrained model, random tokens"
     n = 40_000 if ctx.quick else 400_000
     chunks = [data[i:i + n // 8 + 1] for i in range(0, n, n // 8)]
+    from gptpipe.devices import choose_autocast
+
     cpu = torch.device("cpu")
-    variants = {"fp32, batch 64 (the evaluate stage)": (None, 64),
+    auto = choose_autocast(cpu, "auto")
+    stage_label = f"the evaluate stage now: train.autocast auto ({auto.name}), batch 64"
+    variants = {"fp32, batch 64 (the evaluate stage before)": (None, 64),
+                stage_label: (auto.dtype, 64),
                 "bf16 autocast, batch 64": (torch.bfloat16, 64),
                 "fp32, batch 256": (None, 256),
                 "bf16 autocast, batch 256": (torch.bfloat16, 256)}
@@ -49,7 +55,10 @@ def bench_evaluate(ctx: Context) -> None:
     for label in variants:
         tok_s = targets / seconds[label]
         delta = abs(nats[label] - nats[base_label]) / targets
+        goal = ""
+        if label == stage_label:  # faster, and the metric within 1e-3 nats of fp32
+            goal = ctx.judge(">= 2x, |diff| <= 1e-3", tok_s / base >= 2 and delta <= 1e-3)
         ctx.add("evaluate", f"evaluate inference ({what}): {label}",
                 f"{tok_s:,.0f} tok/s, loss {nats[label] / targets:.5f} "
                 f"(|diff| {delta:.1e} nats/token)", f"{base:,.0f} tok/s",
-                ratio(tok_s, base))
+                ratio(tok_s, base), goal)

