@@ -1,0 +1,36 @@
+"""The README's speed figures are BENCHMARKS.md's: every ratio and time quoted
+between the README's speed markers appears in BENCHMARKS.md, as written there."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURE = re.compile(r"\b\d+(?:\.\d+)?x\b|\b\d+\.\d+ s\b|\b\d[\d,]*(?:\.\d+)? tok/s\b")
+
+
+def _speed_block() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start, end = "<!-- speed: figures from BENCHMARKS.md -->", "<!-- /speed -->"
+    assert start in readme and end in readme, "README lost its speed markers"
+    return readme.split(start, 1)[1].split(end, 1)[0]
+
+
+def test_every_readme_speed_figure_is_in_benchmarks_md():
+    block = _speed_block()
+    bench = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8")
+    figures = FIGURE.findall(block)
+    assert len(figures) >= 10, figures  # the block quotes figures; it is not prose only
+    missing = [f for f in figures if f not in bench]
+    assert not missing, f"README speed figures not in BENCHMARKS.md: {missing}"
+
+
+def test_readme_says_what_to_expect_on_each_kind_of_cpu():
+    block = _speed_block()
+    for kind in ("AMX", "AVX-512 BF16", "neither"):
+        assert kind in block, kind
+    # each kind README names has its own table in BENCHMARKS.md, or says unmeasured
+    bench = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8")
+    assert "## CPU with AMX" in bench
+    assert "## CPU with AVX-512 BF16, no AMX" in bench or "AVX-512 BF16: unmeasured" in block
+    assert "## CPU without bf16 instructions" in bench or "unmeasured" in block
