@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 TINYSHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
 BIN = Path(sys.executable).parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # A tiny, fast configuration: every stage runs in seconds.
 TINY_PARAMS = {
@@ -39,6 +40,40 @@ def tiny_text(n_chars: int = 40_000) -> str:
     text = clean_text(play, CleanReport(), ascii_punctuation=True, play_markdown=True,
                       stage_directions=False, strip_gutenberg_=True, is_markdown=True)
     return text[:n_chars]
+
+
+def require(available: bool, what: str, install_step: str) -> None:
+    """Skip (locally) or fail (in CI, env CI=true) when a tool a test needs is missing.
+
+    CI installs every tool before the tests (`.ci/run`), so a missing one there means
+    an install step did not work: the test fails naming that step, never goes green."""
+    if available:
+        return
+    message = f"{what} is missing: install it with {install_step}"
+    if IN_CI:
+        pytest.fail(f"CI=true and {message} (that install step did not work)", pytrace=False)
+    pytest.skip(message)
+
+
+def require_tool(name: str, install_step: str) -> str:
+    """The path of executable `name` (an absolute path, or looked up in the venv's
+    bin/ then PATH); skips locally or fails in CI when it is missing."""
+    if os.path.isabs(name):
+        found = name if os.access(name, os.X_OK) else None
+    else:
+        found = shutil.which(name, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    require(found is not None, name, install_step)
+    return found
+
+
+def require_module(name: str, install_step: str):
+    """Import module `name`; skips locally or fails in CI when it is not installed."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        require(False, f"Python module {name}", install_step)
 
 
 def merge(base: dict, overrides: dict) -> dict:
