@@ -2,6 +2,7 @@
 corpus, and a temp sqlite MLflow store. Nothing here mocks DVC, MLflow or torch."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -42,16 +43,17 @@ def tiny_text(n_chars: int = 40_000) -> str:
     return text[:n_chars]
 
 
-def require(available: bool, what: str, install_step: str) -> None:
-    """Skip (locally) or fail (in CI, env CI=true) when a tool a test needs is missing.
+def require(available: bool, what: str, how: str) -> None:
+    """Skip (locally) or fail (in CI, env CI=true) when something a test needs is missing.
 
-    CI installs every tool before the tests (`.ci/run`), so a missing one there means
-    an install step did not work: the test fails naming that step, never goes green."""
+    CI installs every tool before the tests (`.ci/run`) and runs them as root, so a
+    missing one there means a set-up step did not work: the test fails naming that
+    step, and never goes green without having run."""
     if available:
         return
-    message = f"{what} is missing: install it with {install_step}"
+    message = f"{what} is missing: {how}"
     if IN_CI:
-        pytest.fail(f"CI=true and {message} (that install step did not work)", pytrace=False)
+        pytest.fail(f"CI=true and {message} (that set-up step did not work)", pytrace=False)
     pytest.skip(message)
 
 
@@ -62,7 +64,7 @@ def require_tool(name: str, install_step: str) -> str:
         found = name if os.access(name, os.X_OK) else None
     else:
         found = shutil.which(name, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    require(found is not None, name, install_step)
+    require(found is not None, name, f"install it with {install_step}")
     return found
 
 
@@ -73,7 +75,24 @@ def require_module(name: str, install_step: str):
     try:
         return importlib.import_module(name)
     except ImportError:
-        require(False, f"Python module {name}", install_step)
+        require(False, f"Python module {name}", f"install it with {install_step}")
+
+
+@contextlib.contextmanager
+def tmpfs(mountpoint: Path, size: str):
+    """A real, small filesystem (tmpfs of `size`, e.g. "1m") mounted on `mountpoint`
+    for the block, so writes past it fail with ENOSPC; unmounted afterwards. Needs
+    root (CI runs as root): skips locally, fails in CI, when mounting is refused."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777",
+                              "gptpipe-test", str(mountpoint)],
+                             capture_output=True, text=True)
+    require(mounted.returncode == 0, "permission to mount a tmpfs",
+            f"run the tests as root ({mounted.stderr.strip() or 'mount failed'})")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 
 
 def merge(base: dict, overrides: dict) -> dict:

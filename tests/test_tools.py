@@ -43,5 +43,5 @@ def test_missing_tool_fails_in_ci_naming_the_install_step(tmp_path):
     result = _run_pytest(tmp_path, ci="true")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 failed" in result.stdout
-    assert "CI=true and gptpipe-no-such-tool is missing" in result.stdout
+    assert "CI=true and gptpipe-no-such-tool is missing: install it with" in result.stdout
     assert "scripts/install_nothing.sh" in result.stdout
