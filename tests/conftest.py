@@ -70,11 +70,9 @@ def require_tool(name: str, install_step: str) -> str:
 
 def require_module(name: str, install_step: str):
     """Import module `name`; skips locally or fails in CI when it is not installed."""
-    import importlib
-
     try:
-        return importlib.import_module(name)
-    except ImportError:
+        return pytest.importorskip(name)
+    except pytest.skip.Exception:
         require(False, f"Python module {name}", f"install it with {install_step}")
 
 
