@@ -69,14 +69,37 @@ def test_second_repro_runs_nothing(built):
     assert "Data and pipelines are up to date." in status.stdout
 
 
+def _written(proj: Path) -> dict[str, int]:
+    """Each data stage output's modification time (ns): a stage that ran rewrote its own."""
+    return {name: (proj / name).stat().st_mtime_ns for name in OUTPUTS}
+
+
+def _stage_of(output: str) -> str:
+    return {"raw": "download", "clean": "clean", "tokens": "tokenize", "split": "split",
+            "download.json": "download", "clean.json": "clean",
+            "tokenize.json": "tokenize", "split.json": "split"}[
+        Path(output).name if output.startswith("reports/") else Path(output).parts[1]]
+
+
 def test_a_param_reruns_only_the_stages_that_read_it(copy):
+    before = _written(copy)
     write_params(copy, {"model": {"block_size": 16}})  # read by split (and train)
     output = run(["dvc", "repro", "split"], copy).stdout
     assert ran(output) == {"split"}
+    after = _written(copy)
+    rewritten = {_stage_of(name) for name in OUTPUTS if after[name] != before[name]}
+    assert rewritten == {"split"}, "download, clean and tokenize did not run"
+
     write_params(copy, {"clean": {"ascii_punctuation": True}})
     output = run(["dvc", "repro", "split"], copy).stdout
-    # clean reruns; its output is unchanged (plain ASCII), so DVC stops there
-    assert "Running stage 'clean'" in output and "Running stage 'download'" not in output
+    # clean reruns; its output is unchanged (plain ASCII), so DVC stops there:
+    # tokenize and split did not run and their outputs are the same files as before
+    assert ran(output) == {"clean"}, output
+    for stage in ("tokenize", "split"):
+        assert f"Stage '{stage}' didn't change, skipping" in output
+    again = _written(copy)
+    rewritten = {_stage_of(name) for name in OUTPUTS if again[name] != after[name]}
+    assert rewritten == {"clean"}
 
 
 def test_val_split_shorter_than_a_block_is_one_line_naming_block_size(copy):
