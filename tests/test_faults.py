@@ -497,6 +497,76 @@ def test_gptpipe_debug_adds_the_traceback(data_project):
         "run the train stage first (`dvc repro train`)")
 
 
+def test_gptpipe_debug_flag_adds_the_traceback_to_the_cli(data_project):
+    # no trained model in data_project: the same error with and without --debug
+    plain = run(["gptpipe", "sample", "--prompt", "A"], data_project, check=False)
+    debug = run(["gptpipe", "--debug", "sample", "--prompt", "A"], data_project, check=False)
+    assert plain.returncode == debug.returncode != 0
+    assert "Traceback" not in plain.stderr and plain.stderr.count("\n") == 1, plain.stderr
+    assert plain.stderr.startswith("gptpipe: error: models/model.pt: ")
+    assert debug.stderr.startswith("Traceback (most recent call last):"), debug.stderr
+    assert debug.stderr.rstrip("\n").splitlines()[-1] == plain.stderr.rstrip("\n")
+
+
+# -- evaluate and sample mark their run FAILED -------------------------------------------
+
+@pytest.mark.slow
+def test_evaluate_failing_mid_stage_marks_the_run_failed(trained, tmp_path):
+    project = clone(trained, tmp_path / "proj")
+    # a val split of floats: refused by evaluate after it reopened the run
+    import numpy as np
+    np.save(project / "data/split/val.npy", np.zeros(100, dtype=np.float32))
+    before = snapshot(project)
+    line = error_line(stage(project, "evaluate"), "evaluate")
+    assert line.startswith("evaluate: error: data/split/val.npy: expected a flat unsigned "
+                           "array"), line
+    assert statuses(project) == {run_id_of(project): "FAILED"}
+    assert snapshot(project) == before  # no metrics.json written
+
+
+@pytest.mark.slow
+def test_sample_failing_mid_stage_marks_the_run_failed(trained, tmp_path):
+    project = clone(trained, tmp_path / "proj")
+    # reports/samples.json cannot be written: a folder with a file in it is in its way
+    (project / "reports/samples.json").unlink(missing_ok=True)
+    (project / "reports/samples.json").mkdir()
+    (project / "reports/samples.json/keep").write_text("x")
+    line = error_line(stage(project, "sample"), "sample")
+    assert line.startswith("sample: error: reports/samples.json: cannot write: "), line
+    assert statuses(project) == {run_id_of(project): "FAILED"}
+    assert not leftovers(project)
+
+
+@pytest.mark.slow
+def test_several_prompts_times_num_samples(trained, tmp_path):
+    project = clone(trained, tmp_path / "proj")
+    prompts = ["ROMEO:", "JULIET:", "\n"]
+    write_params(project, {"sample": {"prompts": prompts, "num_samples": 2,
+                                      "max_new_tokens": 24, "temperature": 1.0, "seed": 5}})
+    result = stage(project, "sample")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((project / "reports/samples.json").read_text())["samples"]
+    assert [(r["prompt"], r["seed"]) for r in rows] == [
+        (prompt, seed) for prompt in prompts for seed in (5, 6)]
+    assert all(len(r["text"]) > 0 for r in rows)
+    for prompt in prompts:  # two samples of one prompt: two seeds, two texts
+        first, second = (r["text"] for r in rows if r["prompt"] == prompt)
+        assert first != second, prompt
+    markdown = (project / "reports/samples.md").read_text()
+    assert markdown.count("## Sample ") == 6
+    for i, row in enumerate(rows, 1):
+        assert f"## Sample {i}: prompt {row['prompt']!r}" in markdown
+        assert f"{row['prompt']}{row['text']}" in markdown
+    # the MLflow run holds the same six rows in its table
+    c, run_id = client(project), run_id_of(project)
+    table_file = Path(c.download_artifacts(run_id, "samples/table.json", str(tmp_path)))
+    table = json.loads(table_file.read_text())
+    assert len(table["data"]) == 6
+    column = table["columns"].index("text")
+    assert [r[column] for r in table["data"]] == [r["text"] for r in rows]
+    assert statuses(project) == {run_id: "FINISHED"}
+
+
 # -- parallel experiments on the sqlite store ------------------------------------------
 
 @pytest.mark.slow
