@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from gptpipe.devices import (autocast, autocast_dtype, cpu_has_amx, make_deterministic,
+                             pick_device)
 from gptpipe.errors import UserError
 from gptpipe.model import ModelConfig, build
 from gptpipe.params import TrainParams
-from gptpipe.training import (Trainer, autocast, autocast_dtype, cpu_has_amx,
-                              make_deterministic, pick_device)
+from gptpipe.training import Trainer
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
