@@ -4,8 +4,11 @@ it is today: `train.device: auto` picks cuda, then mps, then cpu; `train.autocas
 auto` picks bf16 on CUDA GPUs that support it and on CPUs with AMX, fp32 elsewhere."""
 from __future__ import annotations
 
+import json
 import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -102,6 +105,29 @@ def test_make_deterministic_seeds_every_rng_and_asks_for_deterministic_kernels(
     assert _draws() == first  # python, numpy and torch all seeded
     make_deterministic(1235)
     assert _draws() != first
+
+
+DETERMINISM_PROBE = """
+import json, os, sys
+import torch
+from gptpipe.devices import make_deterministic
+assert "torch._inductor" not in sys.modules  # as in a train stage: the fast path
+make_deterministic(7)
+print(json.dumps({"enabled": torch.are_deterministic_algorithms_enabled(),
+                  "cublas": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+                  "draw": float(torch.rand(1))}))
+"""
+
+
+def test_make_deterministic_in_a_fresh_process_as_a_train_stage_calls_it():
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    runs = [subprocess.run([sys.executable, "-c", DETERMINISM_PROBE], env=env, text=True,
+                           capture_output=True, timeout=120) for _ in range(2)]
+    for result in runs:
+        assert result.returncode == 0, result.stderr
+    first, second = (json.loads(r.stdout) for r in runs)
+    assert first["enabled"] is True and first["cublas"] == ":4096:8"
+    assert first["draw"] == second["draw"]  # seeded: the same draw in two processes
 
 
 # -- gradient clipping ---------------------------------------------------------------------
