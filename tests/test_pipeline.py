@@ -75,7 +75,9 @@ def test_seven_stages_then_sample_only_rerun_into_the_same_run(project):
 def _read_as_it_comes(cmd: list[str], cwd) -> tuple[list[tuple[bytes, bool]], int]:
     """The process's stdout as the pipe delivers it: (chunk, was the process still
     running when the chunk arrived) for each read."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env_for(cwd), stdout=subprocess.PIPE,
+    env = env_for(cwd)
+    env.pop("PYTHONUNBUFFERED", None)  # a pipe, buffered as a user's would be
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     chunks = []
     try:
