@@ -109,10 +109,34 @@ def test_invalid_utf8_names_the_file_and_byte_offset(tmp_path):
     assert "clean.on_invalid_utf8" in message
 
 
-def test_invalid_utf8_replace_mode(tmp_path):
-    corpus, _ = clean_files(tmp_path / "raw", {"bad.txt": b"good line\n\xff tail\n"},
-                            on_invalid_utf8="replace")
+def test_invalid_utf8_replace_mode_counts_the_replaced_characters(tmp_path):
+    corpus, report = clean_files(tmp_path / "raw", {"bad.txt": b"good line\n\xff tail\n"},
+                                 on_invalid_utf8="replace", max_replaced_fraction=0.1)
     assert corpus == "good line\n\ufffd tail\n"
+    assert report.replaced_chars == 1
+    assert report.as_dict()["replaced"] == [{"path": "bad.txt", "replaced_chars": 1,
+                                             "chars": 17}]
+
+
+def test_replace_fails_above_max_replaced_fraction(tmp_path):
+    # KOI8-R read as UTF-8: most characters would become U+FFFD
+    koi8 = "Мороз и солнце; день чудесный!\n".encode("koi8_r")
+    with pytest.raises(UserError) as err:
+        clean_files(tmp_path / "raw", {"ru.txt": koi8}, on_invalid_utf8="replace")
+    message = str(err.value)
+    assert "clean.max_replaced_fraction=0.001" in message and "ru.txt" in message
+    assert "clean.encoding: auto" in message
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b"_\bI_\bt is b\bbo\bol\bld\bd\n", "It is bold\n"),
+    (b"N\bNA\bAM\bME\bE\n       ls - list\n", "NAME\n       ls - list\n"),
+    (b"_\bB\bBo\b_th\n", "Both\n"),                   # bold underline; X\b_ too
+    (b"a\bb\n", "ab\n"),                                # not an overstrike: the BS goes
+])
+def test_nroff_overstrikes_are_resolved(tmp_path, raw, expected):
+    corpus, report = clean_files(tmp_path / "raw", {"man.txt": raw})
+    assert corpus == expected
 
 
 def test_ascii_punctuation_folding():

@@ -263,7 +263,7 @@ def test_sha256_with_a_directory_source(proj, tmp_path):
     folder = tmp_path / "texts"
     folder.mkdir()
     (folder / "a.txt").write_bytes(TEXT)
-    (folder / "b.txt").write_bytes(TEXT)
+    (folder / "b.txt").write_bytes(TEXT + b"more\n")
     before = state(proj)
     assert_fails(download(proj, source=str(folder), sha256="0" * 64), before, proj,
                  "data.sha256", "2 files")
