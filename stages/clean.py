@@ -28,8 +28,10 @@ def main() -> None:
                                                sorted(report.encodings.items()))
               + f"; lowest detector confidence {lowest:.2f} (see {REPORT})")
     if report.replaced_chars:
-        print(f"clean: warning: {report.replaced_chars:,} undecodable byte sequences became "
-              f"U+FFFD in {len(report.replaced)} of {report.files} files "
+        n = report.replaced_chars
+        print(f"clean: warning: {n:,} undecodable byte sequence{'' if n == 1 else 's'} "
+              f"became U+FFFD in {len(report.replaced)} of {report.files} "
+              f"file{'' if report.files == 1 else 's'} "
               f"({report.replaced_chars / max(report.chars_in, 1):.4%} of the characters)")
     print(f"clean: {report.files} file{'' if report.files == 1 else 's'}, "
           f"{report.chars_in:,} -> {report.chars_out:,} characters, "
