@@ -598,3 +598,54 @@ def test_embedded_shakespeare_is_copied_byte_for_byte(proj):
     assert rep["bytes"] == sum(p.stat().st_size for p in plays.rglob("*.md"))
     assert {f["path"]: f["sha256"] for f in rep["files"]} == expected
     assert len(rep["sha256"]) == 64
+
+
+# --- a secret given the supported way, through the whole pipeline ---------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["env", "netrc"])
+def test_a_secret_given_the_supported_way_lands_nowhere(tmp_path, server, how):
+    """Credentials from the environment or ~/.netrc reach the server and nothing else:
+    not dvc.lock, params, reports, data, models, MLflow (params, tags, metrics of a
+    real sqlite store, artifacts), DVC's or git's files, nor any stage's output."""
+    from mlflow.tracking import MlflowClient
+
+    body = tiny_text(20_000).encode()
+    url = server.serve(f"/secret-{how}/input.txt", requires_auth(body, "carol", SECRET))
+    proj = make_project(tmp_path / "proj", overrides={"data": {"source": url}})
+    home = tmp_path / "home"  # HOME is the test's: ~/.netrc is this one
+    home.mkdir()
+    extra = {"HOME": str(home)}
+    if how == "env":
+        extra.update(GPTPIPE_HTTP_USER="carol", GPTPIPE_HTTP_PASSWORD=SECRET)
+    else:
+        (home / ".netrc").write_text(f"machine 127.0.0.1 login carol password {SECRET}\n")
+        (home / ".netrc").chmod(0o600)
+    result = run(["dvc", "repro"], proj, env=with_env(proj, **extra), timeout=900)
+    basic = base64.b64encode(f"carol:{SECRET}".encode()).decode()
+    assert server.auth[-1] == f"Basic {basic}", "the credentials were used"
+    assert (proj / "data/raw/input.txt").read_bytes() == body
+
+    needles = [SECRET, basic, SECRET.encode().hex()]
+    logs = result.stdout + result.stderr
+    assert not [n for n in needles if n in logs], "a secret in a stage's output"
+    scanned = 0
+    for path in sorted(proj.rglob("*")):  # dvc.lock, params.yaml, reports/, mlflow.db, .dvc/, .git/, ...
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            scanned += 1
+            leaked = [n for n in needles if n.encode() in data]
+            assert not leaked, f"{path.relative_to(proj)} holds the secret"
+    assert scanned > 20 and (proj / "dvc.lock").is_file() and (proj / "mlflow.db").is_file()
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlflow.db'}")
+    experiments = client.search_experiments()
+    runs = client.search_runs([e.experiment_id for e in experiments])
+    assert len(runs) == 1
+    record = runs[0].data
+    assert record.params["data.source"] == url  # the URL is logged, without credentials
+    assert "data.val_in_train" in record.metrics
+    everything = json.dumps([record.params, record.tags, sorted(record.metrics)])
+    assert not [n for n in needles if n in everything]
+    artifacts = [a.path for a in client.list_artifacts(runs[0].info.run_id)]
+    assert artifacts, "artifacts were logged (and scanned above, under mlartifacts/)"
