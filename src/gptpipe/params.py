@@ -21,7 +21,8 @@ from .errors import UserError
 
 PARAMS_FILE = "params.yaml"
 MAX_LR = 1.0  # far above any useful step size (AdamW: ~1e-3), far below overflow
-# logits / temperature: below 0.01 fp32 logits overflow to inf and softmax gives nan
+# logits / temperature: 0.01 is already greedy in all but name; a tiny one (1e-38)
+# overflows fp32 logits to inf, and softmax turns them into nan
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 
 
