@@ -36,7 +36,8 @@ ENV_USER, ENV_PASSWORD, ENV_TOKEN = "GPTPIPE_HTTP_USER", "GPTPIPE_HTTP_PASSWORD"
 BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
         (b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
 _SECRET_QUERY_KEYS = {"token", "access_token", "key", "api_key", "apikey", "password",
-                      "secret", "signature", "sig", "x-amz-signature", "auth"}
+                      "secret", "signature", "sig", "x-amz-signature", "x-amz-credential",
+                      "x-amz-security-token", "auth"}
 
 
 @dataclass
