@@ -107,7 +107,8 @@ class SampleParams:
 @dataclass(frozen=True)
 class MlflowParams:
     experiment: str = "gptpipe"
-    log_model: bool = True
+    log_model: bool = True           # log the trained model as an MLflow model
+    registered_model: str = "gptpipe"  # each logged model: a new version of this name
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,9 @@ def validate(p: Params) -> Params:
     _check(0 < s.top_p <= 1, "sample.top_p", "in (0, 1]", s.top_p)
     _check(p.mlflow.experiment.strip() != "", "mlflow.experiment", "a non-empty name",
            p.mlflow.experiment)
+    _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", p.mlflow.registered_model) is not None,
+           "mlflow.registered_model", "a name of letters, digits, '_', '.', '-'",
+           p.mlflow.registered_model)
     return p
 
 
