@@ -194,6 +194,17 @@ def test_a_model_of_another_format_names_the_gptpipe_version_it_needs(trained):
     assert loaded.returncode != 0 and "install gptpipe 9.9.9 to load it" in loaded.stderr
 
 
+@pytest.mark.slow
+def test_a_run_logged_before_mlflow_models_still_loads_by_its_run_uri(trained):
+    """gptpipe 0.1.0 logged model.pt and the tokenizer as plain run artifacts."""
+    client = _client(trained)
+    old = client.create_run(client.get_experiment_by_name("gptpipe").experiment_id).info.run_id
+    client.log_artifact(old, str(trained / "models/model.pt"), "model")
+    client.log_artifact(old, str(trained / "data/tokens/tokenizer.json"), "tokenizer")
+    client.set_terminated(old)
+    assert _sample(trained, f"runs:/{old}/model") == _sample(trained, "models/model.pt")
+
+
 def _stop(proc: subprocess.Popen) -> None:
     for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
         try:
