@@ -14,7 +14,29 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from gptpipe.registry import PREDICT_DEFAULTS, check_format
+from gptpipe import __version__
+from gptpipe.errors import UserError
+
+# The layout this file reads: artifacts `weights` and `tokenizer`, the params of
+# PREDICT_DEFAULTS. Raise it when that changes: a model of another format is
+# refused, naming the gptpipe version that logged it.
+FORMAT = 1
+FORMAT_KEY = "gptpipe_model_format"
+VERSION_KEY = "gptpipe_version"
+# predict's params and their defaults (params.yaml's sample defaults; top_k 0 = off)
+PREDICT_DEFAULTS = {"max_new_tokens": 500, "temperature": 0.8, "top_k": 0, "top_p": 1.0,
+                    "seed": 1337}
+
+
+def check_format(config: dict | None, where: str) -> None:
+    """Refuse a model this gptpipe cannot read, naming the version it needs."""
+    config = config or {}
+    found = config.get(FORMAT_KEY)
+    if found != FORMAT:
+        logged_by = config.get(VERSION_KEY, "an unknown version")
+        raise UserError(f"{where}: gptpipe model format {found!r} (logged by gptpipe "
+                        f"{logged_by}); this gptpipe {__version__} reads format {FORMAT}: "
+                        f"install gptpipe {logged_by} to load it")
 
 
 class GptpipeModel(PythonModel):
@@ -31,9 +53,8 @@ class GptpipeModel(PythonModel):
         from gptpipe.sampling import generate
 
         settings = {**PREDICT_DEFAULTS, **(params or {})}
-        prompts = model_input["prompt"].tolist()
         texts = []
-        for i, prompt in enumerate(prompts):
+        for i, prompt in enumerate(model_input["prompt"].tolist()):
             ids = encode_prompt(self.tokenizer, str(prompt), f"prompt {i}")
             new = generate(self.model, ids, int(settings["max_new_tokens"]),
                            temperature=float(settings["temperature"]),
@@ -43,4 +64,7 @@ class GptpipeModel(PythonModel):
         return texts
 
 
-mlflow.models.set_model(GptpipeModel())
+# MLflow runs this file as the model's code, under a module name of its own;
+# imported as gptpipe.mlflow_model (by registry.py) it only defines the above.
+if __name__ != "gptpipe.mlflow_model":
+    mlflow.models.set_model(GptpipeModel())

@@ -22,36 +22,17 @@ from .errors import UserError
 
 MODEL_NAME = "model"       # runs:/<run_id>/model
 CHAMPION = "champion"
-# The layout src/gptpipe/mlflow_model.py reads (artifacts `weights` and
-# `tokenizer`, the params of PREDICT_DEFAULTS). Raise it when that changes: a
-# model of another format is refused with the gptpipe version that logged it.
-FORMAT = 1
-FORMAT_KEY = "gptpipe_model_format"
-VERSION_KEY = "gptpipe_version"
-# predict's params and their defaults (params.yaml's sample defaults; top_k 0 = off)
-PREDICT_DEFAULTS = {"max_new_tokens": 500, "temperature": 0.8, "top_k": 0, "top_p": 1.0,
-                    "seed": 1337}
 VAL_SHA_TAG, BPC_TAG = "data.sha256.val.npy", "val.bits_per_char"
 # run tags copied onto each model version
 VERSION_TAGS_FROM_RUN = ("git.commit", "git.dirty", "data.sha256.train.npy", VAL_SHA_TAG,
                          "data.sha256.tokenizer.json", "data.sha256.raw")
-CODE_FILE = Path(__file__).with_name("mlflow_model.py")
-
-
-def check_format(config: dict | None, where: str) -> None:
-    """Refuse a model this gptpipe cannot read, naming the version it needs."""
-    config = config or {}
-    found = config.get(FORMAT_KEY)
-    if found != FORMAT:
-        logged_by = config.get(VERSION_KEY, "an unknown version")
-        raise UserError(f"{where}: gptpipe model format {found!r} (logged by gptpipe "
-                        f"{logged_by}); this gptpipe {__version__} reads format {FORMAT}: "
-                        f"install gptpipe {logged_by} to load it")
 
 
 def _signature():
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from .mlflow_model import PREDICT_DEFAULTS
 
     kinds = {int: "long", float: "double"}
     return ModelSignature(
@@ -70,6 +51,7 @@ def log_model(tracker, run_id: str, weights: Path, tokenizer: Path, registered_m
     from mlflow.entities import LoggedModelOutput
     from mlflow.models import Model
 
+    from . import mlflow_model
     from .tracking import _retry_locked
 
     client = tracker.client
@@ -78,10 +60,10 @@ def log_model(tracker, run_id: str, weights: Path, tokenizer: Path, registered_m
                            source_run_id=run_id, params=run.data.params, model_type="gptpipe")
     import pandas as pd
 
-    config = {FORMAT_KEY: FORMAT, VERSION_KEY: __version__}
+    config = {mlflow_model.FORMAT_KEY: mlflow_model.FORMAT, mlflow_model.VERSION_KEY: __version__}
     info = _retry_locked(
         Model.log, artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
-        model_id=logged.model_id, python_model=str(CODE_FILE),
+        model_id=logged.model_id, python_model=mlflow_model.__file__,
         artifacts={"weights": str(weights), "tokenizer": str(tokenizer)},
         model_config=config, metadata=config, signature=_signature(),
         input_example=(pd.DataFrame({"prompt": [example_prompt]}), {"max_new_tokens": 8}),
@@ -178,6 +160,8 @@ def model_files(ref: str) -> Iterator[tuple[Path, Path | None]]:
 
 def _mlmodel_files(folder: Path, ref: str) -> tuple[Path, Path]:
     from mlflow.models import Model
+
+    from .mlflow_model import check_format
 
     conf = Model.load(str(folder)).flavors.get("python_function", {})
     check_format(conf.get("config"), ref)  # the model_config given to Model.log
