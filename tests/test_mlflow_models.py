@@ -139,54 +139,85 @@ def test_train_logs_a_registered_model_from_code_with_its_weights_and_tokenizer(
 
 
 @pytest.mark.slow
-def test_the_model_loads_without_unpickling_and_matches_gptpipe_sample(trained):
+def test_the_model_loads_without_unpickling_and_matches_gptpipe_sample(trained, monkeypatch,
+                                                                      capsys):
     run_id = _run_id(trained)
     texts = _predict(trained, f"runs:/{run_id}/model", PROMPT, "\n")
     assert len(texts) == 2 and len(texts[0]) >= N_NEW // 2 and texts[0] != texts[1]
     expected = PROMPT + texts[0] + "\n"
-    for model in ("models/model.pt", f"runs:/{run_id}/model", "models:/gptpipe@champion",
-                  "models:/gptpipe/1"):
-        assert _sample(trained, model) == expected, model
+    assert _sample(trained, "models/model.pt") == expected  # the installed command
+    for model in (f"runs:/{run_id}/model", "models:/gptpipe@champion", "models:/gptpipe/1"):
+        code, out, err = _sample_in_process(trained, model, monkeypatch, capsys,
+                                            flags=tuple(SAMPLE_FLAGS))
+        assert (code, out) == (0, expected), (model, err)
+
+
+def _sample_in_process(project: Path, model: str, monkeypatch, capsys,
+                       tracking_uri: str | None = None,
+                       flags: tuple[str, ...] = ("--max-new-tokens", "5")) -> tuple[int, str, str]:
+    """The real `gptpipe sample` entry point, run in this process (a process start
+    costs ~10 s here): exit code, stdout, stderr."""
+    from gptpipe.cli import main
+
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI",
+                       tracking_uri or f"sqlite:///{project / 'mlflow.db'}")
+    capsys.readouterr()
+    try:
+        main(["sample", "--model", model, *flags])
+        code = 0
+    except SystemExit as exc:  # run_main exits on errors only
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 @pytest.mark.slow
-def test_bad_model_references_fail_with_one_line_naming_what_is_missing(trained):
+def test_bad_model_references_fail_with_one_line_naming_what_is_missing(trained, monkeypatch,
+                                                                        capsys):
     client = _client(trained)
     bare = client.create_run(client.get_experiment_by_name("gptpipe").experiment_id).info.run_id
     client.set_terminated(bare)
     down = f"http://127.0.0.1:{free_port()}"
     cases = [
-        ("models:/nope@champion", {}, "no registered model 'nope'"),
-        ("models:/gptpipe@nope", {}, "has no alias 'nope' (aliases: champion)"),
-        ("models:/gptpipe/99", {}, "has no version '99'"),
-        (f"runs:/{bare}/model", {}, "run has no logged model 'model'"),
-        ("runs:/0123abc/model", {}, "no run '0123abc'"),
-        ("models:/gptpipe@champion", {"MLFLOW_TRACKING_URI": down}, "is unreachable"),
+        ("models:/nope@champion", None, "no registered model 'nope'"),
+        ("models:/gptpipe@nope", None, "has no alias 'nope' (aliases: champion)"),
+        ("models:/gptpipe/99", None, "has no version '99'"),
+        (f"runs:/{bare}/model", None, "run has no logged model 'model'"),
+        ("runs:/0123abc/model", None, "no run '0123abc'"),
+        ("models:/gptpipe@champion", down, "is unreachable"),
     ]
-    for uri, extra, needle in cases:
-        result = run(["gptpipe", "sample", "--model", uri, "--max-new-tokens", "5"], trained,
-                     check=False, env=env_for(trained, **extra))
-        lines = result.stderr.strip().splitlines()
-        assert result.returncode != 0 and result.stdout == "", (uri, result)
+    for uri, tracking_uri, needle in cases:
+        code, out, err = _sample_in_process(trained, uri, monkeypatch, capsys, tracking_uri)
+        lines = err.strip().splitlines()
+        assert code != 0 and out == "", (uri, code, out, err)
         assert len(lines) == 1 and lines[0].startswith(f"gptpipe: error: {uri}: "), lines
         assert needle in lines[0], lines
+    # and through the installed command, once
+    result = run(["gptpipe", "sample", "--model", "models:/gptpipe@nope"], trained, check=False)
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr == ("gptpipe: error: models:/gptpipe@nope: registered model 'gptpipe' "
+                             "has no alias 'nope' (aliases: champion)\n")
 
 
 @pytest.mark.slow
-def test_a_model_of_another_format_names_the_gptpipe_version_it_needs(trained):
+def test_a_model_of_another_format_names_the_gptpipe_version_it_needs(trained, monkeypatch,
+                                                                      capsys):
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{trained / 'mlflow.db'}")
     folder = Path(mlflow.artifacts.download_artifacts(
         artifact_uri="models:/gptpipe/1", dst_path=str(trained / "newer")))
-    assert _sample(trained, str(folder)) == _sample(trained, "models/model.pt")  # a model dir
+    code, out, err = _sample_in_process(trained, str(folder), monkeypatch, capsys,
+                                        flags=tuple(SAMPLE_FLAGS))
+    assert (code, out) == (0, _sample(trained, "models/model.pt")), err  # a model folder
     mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
     mlmodel["flavors"]["python_function"]["config"] = {"gptpipe_model_format": 2,
                                                        "gptpipe_version": "9.9.9"}
     (folder / "MLmodel").write_text(yaml.safe_dump(mlmodel))
-    result = run(["gptpipe", "sample", "--model", str(folder)], trained, check=False)
-    assert result.returncode != 0 and result.stdout == ""
-    assert result.stderr.strip() == (
+    code, out, err = _sample_in_process(trained, str(folder), monkeypatch, capsys)
+    assert code != 0 and out == ""
+    assert err.strip() == (
         f"gptpipe: error: {folder}: gptpipe model format 2 (logged by gptpipe 9.9.9); "
         "this gptpipe 0.1.0 reads format 1: install gptpipe 9.9.9 to load it")
     loaded = run([sys.executable, "-c", LOAD_WITHOUT_PICKLE, str(folder), "{}", "\n"], trained,
@@ -195,14 +226,17 @@ def test_a_model_of_another_format_names_the_gptpipe_version_it_needs(trained):
 
 
 @pytest.mark.slow
-def test_a_run_logged_before_mlflow_models_still_loads_by_its_run_uri(trained):
+def test_a_run_logged_before_mlflow_models_still_loads_by_its_run_uri(trained, monkeypatch,
+                                                                      capsys):
     """gptpipe 0.1.0 logged model.pt and the tokenizer as plain run artifacts."""
     client = _client(trained)
     old = client.create_run(client.get_experiment_by_name("gptpipe").experiment_id).info.run_id
     client.log_artifact(old, str(trained / "models/model.pt"), "model")
     client.log_artifact(old, str(trained / "data/tokens/tokenizer.json"), "tokenizer")
     client.set_terminated(old)
-    assert _sample(trained, f"runs:/{old}/model") == _sample(trained, "models/model.pt")
+    code, out, err = _sample_in_process(trained, f"runs:/{old}/model", monkeypatch, capsys,
+                                        flags=tuple(SAMPLE_FLAGS))
+    assert (code, out) == (0, _sample(trained, "models/model.pt")), err
 
 
 def _stop(proc: subprocess.Popen) -> None:
