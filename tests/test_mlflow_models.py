@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
 from conftest import BIN, env_for, make_project, run, tiny_text
@@ -103,6 +104,7 @@ def test_train_logs_a_registered_model_from_code_with_its_weights_and_tokenizer(
     assert len(outputs) == 1
     logged = client.get_logged_model(outputs[0].model_id)
     assert logged.source_run_id == run_id and logged.name == "model"
+    assert logged.status == LoggedModelStatus.READY
     # the registered version, its tags, and the champion alias evaluate set
     version = client.get_model_version_by_alias("gptpipe", "champion")
     assert str(version.version) == "1" and version.run_id == run_id

@@ -47,8 +47,9 @@ def log_model(tracker, run_id: str, weights: Path, tokenizer: Path, registered_m
     the run, and register it as a new version of `registered_model`. Returns the
     version."""
     import mlflow
+    import pandas as pd
     import torch
-    from mlflow.entities import LoggedModelOutput
+    from mlflow.entities import LoggedModelStatus
     from mlflow.models import Model
 
     from . import mlflow_model
@@ -56,26 +57,25 @@ def log_model(tracker, run_id: str, weights: Path, tokenizer: Path, registered_m
 
     client = tracker.client
     run = _retry_locked(client.get_run, run_id)
+    # Created here, in the run's experiment (Model.log would use the active one).
     logged = _retry_locked(client.create_logged_model, run.info.experiment_id, name=MODEL_NAME,
                            source_run_id=run_id, params=run.data.params, model_type="gptpipe")
-    import pandas as pd
 
     config = {mlflow_model.FORMAT_KEY: mlflow_model.FORMAT, mlflow_model.VERSION_KEY: __version__}
-    info = _retry_locked(
-        Model.log, artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
-        model_id=logged.model_id, python_model=mlflow_model.__file__,
-        artifacts={"weights": str(weights), "tokenizer": str(tokenizer)},
-        model_config=config, metadata=config, signature=_signature(),
-        input_example=(pd.DataFrame({"prompt": [example_prompt]}), {"max_new_tokens": 8}),
-        pip_requirements=[f"mlflow=={mlflow.__version__}",
-                          f"torch=={torch.__version__.split('+')[0]}",
-                          f"gptpipe=={__version__}"],
-        registered_model_name=registered_model, await_registration_for=0)
-    # Model.log links the run to a model it creates itself; this one was created
-    # above (in the run's experiment), so link it here.
-    if not any(o.model_id == logged.model_id for o in (
-            _retry_locked(client.get_run, run_id).outputs.model_outputs or [])):
-        _retry_locked(client.log_outputs, run_id, [LoggedModelOutput(logged.model_id, 0)])
+    try:  # Model.log (not pyfunc.log_model): it takes the run id, no active run needed
+        info = Model.log(  # not retried on a locked store: it would log twice
+            artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
+            model_id=logged.model_id, python_model=mlflow_model.__file__,
+            artifacts={"weights": str(weights), "tokenizer": str(tokenizer)},
+            model_config=config, metadata=config, signature=_signature(),
+            input_example=(pd.DataFrame({"prompt": [example_prompt]}), {"max_new_tokens": 8}),
+            pip_requirements=[f"mlflow=={mlflow.__version__}",
+                              f"torch=={torch.__version__.split('+')[0]}",
+                              f"gptpipe=={__version__}"],
+            registered_model_name=registered_model, await_registration_for=0)
+    except BaseException:
+        _retry_locked(client.finalize_logged_model, logged.model_id, LoggedModelStatus.FAILED)
+        raise
     version = str(info.registered_model_version)
     tags = {key: run.data.tags[key] for key in VERSION_TAGS_FROM_RUN if key in run.data.tags}
     tags["dvc.exp_name"] = exp_name or "(workspace)"
