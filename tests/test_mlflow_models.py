@@ -225,6 +225,17 @@ def test_a_model_of_another_format_names_the_gptpipe_version_it_needs(trained, m
     loaded = run([sys.executable, "-c", LOAD_WITHOUT_PICKLE, str(folder), "{}", "\n"], trained,
                  check=False)
     assert loaded.returncode != 0 and "install gptpipe 9.9.9 to load it" in loaded.stderr
+    # model code (it travels with the model) that needs what the installed gptpipe lacks
+    code_file = folder / "mlflow_model.py"
+    code_file.write_text(code_file.read_text().replace(
+        "from gptpipe.sampling import generate", "from gptpipe.sampling import generate_v9"))
+    mlmodel["flavors"]["python_function"]["config"]["gptpipe_model_format"] = 1
+    (folder / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    loaded = run([sys.executable, "-c", LOAD_WITHOUT_PICKLE, str(folder), "{}", "\n"], trained,
+                 check=False)
+    assert loaded.returncode != 0
+    assert "logged by gptpipe 9.9.9 (model format 1), which the installed gptpipe cannot " \
+           "load (cannot import name 'generate_v9'" in loaded.stderr, loaded.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -14,12 +14,9 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from gptpipe import __version__
-from gptpipe.errors import UserError
-
 # The layout this file reads: artifacts `weights` and `tokenizer`, the params of
-# PREDICT_DEFAULTS. Raise it when that changes: a model of another format is
-# refused, naming the gptpipe version that logged it.
+# PREDICT_DEFAULTS. Raise it when that changes: a model of a format the installed
+# gptpipe does not read is refused, naming the gptpipe version that logged it.
 FORMAT = 1
 FORMAT_KEY = "gptpipe_model_format"
 VERSION_KEY = "gptpipe_version"
@@ -30,6 +27,9 @@ PREDICT_DEFAULTS = {"max_new_tokens": 500, "temperature": 0.8, "top_k": 0, "top_
 
 def check_format(config: dict | None, where: str) -> None:
     """Refuse a model this gptpipe cannot read, naming the version it needs."""
+    from gptpipe import __version__
+    from gptpipe.errors import UserError
+
     config = config or {}
     found = config.get(FORMAT_KEY)
     if found != FORMAT:
@@ -40,26 +40,35 @@ def check_format(config: dict | None, where: str) -> None:
 
 
 class GptpipeModel(PythonModel):
+    # This file travels with the model, so it may be older than the installed
+    # gptpipe: it imports gptpipe only here, and asks the installed gptpipe
+    # (its check_format) whether it reads this model's format.
     def load_context(self, context) -> None:
-        from gptpipe.inference import load_model
-
-        check_format(context.model_config, "MLflow model")
+        config = context.model_config or {}
+        try:
+            from gptpipe.inference import encode_prompt, load_model
+            from gptpipe.mlflow_model import check_format as installed_check_format
+            from gptpipe.sampling import generate
+        except ImportError as exc:
+            raise ImportError(
+                f"MLflow model: logged by gptpipe {config.get(VERSION_KEY)} (model format "
+                f"{config.get(FORMAT_KEY)}), which the installed gptpipe cannot load "
+                f"({exc}); install gptpipe {config.get(VERSION_KEY)}") from None
+        installed_check_format(config, "MLflow model")
+        self.encode_prompt, self.generate = encode_prompt, generate
         self.model, self.tokenizer = load_model(context.artifacts["weights"],
                                                 tokenizer_path=context.artifacts["tokenizer"])
 
     # The DataFrame hint: MLflow checks inputs against the logged signature only.
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[str]:
-        from gptpipe.inference import encode_prompt
-        from gptpipe.sampling import generate
-
         settings = {**PREDICT_DEFAULTS, **(params or {})}
         texts = []
         for i, prompt in enumerate(model_input["prompt"].tolist()):
-            ids = encode_prompt(self.tokenizer, str(prompt), f"prompt {i}")
-            new = generate(self.model, ids, int(settings["max_new_tokens"]),
-                           temperature=float(settings["temperature"]),
-                           top_k=int(settings["top_k"]) or None,
-                           top_p=float(settings["top_p"]), seed=int(settings["seed"]))
+            ids = self.encode_prompt(self.tokenizer, str(prompt), f"prompt {i}")
+            new = self.generate(self.model, ids, int(settings["max_new_tokens"]),
+                                temperature=float(settings["temperature"]),
+                                top_k=int(settings["top_k"]) or None,
+                                top_p=float(settings["top_p"]), seed=int(settings["seed"]))
             texts.append(self.tokenizer.decode(new))
         return texts
 
