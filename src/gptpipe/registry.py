@@ -201,9 +201,13 @@ def _download(uri: str, dest: Path) -> tuple[Path, Path]:
         # Logged by gptpipe 0.1.0 before MLflow models: model.pt and the tokenizer
         # as plain run artifacts; still loadable.
         run_id = uri[len("runs:/"):].split("/")[0]
-        tokenizer = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"runs:/{run_id}/tokenizer/tokenizer.json",
-            dst_path=str(dest / "tokenizer"), tracking_uri=tracker.uri)
+        try:
+            tokenizer = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"runs:/{run_id}/tokenizer/tokenizer.json",
+                dst_path=str(dest / "tokenizer"), tracking_uri=tracker.uri)
+        except MlflowException:
+            raise UserError(f"{uri}: the run has model.pt but no tokenizer/tokenizer.json "
+                            "artifact") from None
         return local / "model.pt", Path(tokenizer)
     raise UserError(f"{uri}: no MLflow model there (no MLmodel file)")
 
