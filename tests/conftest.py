@@ -2,6 +2,9 @@
 corpus, and a temp sqlite MLflow store. Nothing here mocks DVC, MLflow or torch."""
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +16,7 @@ from projects import ROOT, copy_pipeline, init_git_dvc, merge, project_env, writ
 SHARED = ROOT.parent / "shared"
 TINYSHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
 BIN = Path(sys.executable).parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # A tiny, fast configuration: every stage runs in seconds.
 TINY_PARAMS = {
@@ -37,6 +41,56 @@ def tiny_text(n_chars: int = 40_000) -> str:
     text = clean_text(play, CleanReport(), ascii_punctuation=True, play_markdown=True,
                       stage_directions=False, strip_gutenberg_=True, is_markdown=True)
     return text[:n_chars]
+
+
+def require(available: bool, what: str, how: str) -> None:
+    """Skip (locally) or fail (in CI, env CI=true) when something a test needs is missing.
+
+    CI installs every tool before the tests (`.ci/run`) and runs them as root, so a
+    missing one there means a set-up step did not work: the test fails naming that
+    step, and never goes green without having run."""
+    if available:
+        return
+    message = f"{what} is missing: {how}"
+    if IN_CI:
+        pytest.fail(f"CI=true and {message} (that set-up step did not work)", pytrace=False)
+    pytest.skip(message)
+
+
+def require_tool(name: str, install_step: str) -> str:
+    """The path of executable `name` (an absolute path, or looked up in the venv's
+    bin/ then PATH); skips locally or fails in CI when it is missing."""
+    if os.path.isabs(name):
+        found = name if os.access(name, os.X_OK) else None
+    else:
+        found = shutil.which(name, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    require(found is not None, name, f"install it with {install_step}")
+    return found
+
+
+def require_module(name: str, install_step: str):
+    """Import module `name`; skips locally or fails in CI when it is not installed."""
+    try:
+        return pytest.importorskip(name)
+    except pytest.skip.Exception:
+        require(False, f"Python module {name}", f"install it with {install_step}")
+
+
+@contextlib.contextmanager
+def tmpfs(mountpoint: Path, size: str):
+    """A real, small filesystem (tmpfs of `size`, e.g. "1m") mounted on `mountpoint`
+    for the block, so writes past it fail with ENOSPC; unmounted afterwards. Needs
+    root (CI runs as root): skips locally, fails in CI, when mounting is refused."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777",
+                              "gptpipe-test", str(mountpoint)],
+                             capture_output=True, text=True)
+    require(mounted.returncode == 0, "permission to mount a tmpfs",
+            f"run the tests as root ({mounted.stderr.strip() or 'mount failed'})")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 
 
 def env_for(project: Path, **extra: str) -> dict:
@@ -76,3 +130,44 @@ def make_project(dest: Path, overrides: dict | None = None, corpus: str | None =
 def project(tmp_path: Path) -> Path:
     """A tiny gptpipe project on the first 40 kB of the lecture's corpus."""
     return make_project(tmp_path / "proj", corpus=tiny_text())
+
+
+# Pushkin's "Winter Morning" (1829): Cyrillic text for the legacy-encoding cases.
+RUSSIAN = ("Мороз и солнце; день чудесный!\n"
+           "Еще ты дремлешь, друг прелестный -\n"
+           "Пора, красавица, проснись:\n"
+           "Открой сомкнуты негой взоры\n"
+           "Навстречу северной Авроры,\n"
+           "Звездою севера явись!\n\n"
+           "Вечор, ты помнишь, вьюга злилась,\n"
+           "На мутном небе мгла носилась;\n"
+           "Луна, как бледное пятно,\n"
+           "Сквозь тучи мрачные желтела,\n"
+           "И ты печальная сидела -\n"
+           "А нынче... погляди в окно:\n")
+ENGLISH = "Is this a dagger which I see before me,\nThe handle toward my hand?\n"
+FRENCH = "Ô rage ! ô désespoir ! ô vieillesse ennemie !\nN'ai-je donc tant vécu que pour cette infamie ?\n"
+
+
+def build_text_folder(folder: Path) -> dict[str, str]:
+    """A folder as users have them: internal links, byte-identical copies, KOI8-R,
+    cp1251, UTF-16 LE/BE with a BOM, an empty file, a binary file. Returns the text
+    each distinct file holds, by path."""
+    (folder / "sub").mkdir(parents=True)
+    texts = {"english.txt": ENGLISH, "koi8.txt": RUSSIAN, "cp1251.txt": RUSSIAN,
+             "utf16le.txt": FRENCH, "utf16be.txt": ENGLISH.upper(), "sub/more.txt": FRENCH * 2}
+    (folder / "english.txt").write_text(ENGLISH, encoding="utf-8")
+    (folder / "koi8.txt").write_bytes(RUSSIAN.encode("koi8_r"))
+    (folder / "cp1251.txt").write_bytes(RUSSIAN.encode("cp1251"))
+    (folder / "utf16le.txt").write_bytes(b"\xff\xfe" + FRENCH.encode("utf-16-le"))
+    (folder / "utf16be.txt").write_bytes(b"\xfe\xff" + ENGLISH.upper().encode("utf-16-be"))
+    (folder / "sub" / "more.txt").write_text(FRENCH * 2, encoding="utf-8")
+    (folder / "z-copy.txt").write_text(ENGLISH, encoding="utf-8")  # a duplicate
+    (folder / "sub" / "english-again.txt").write_text(ENGLISH, encoding="utf-8")
+    (folder / "empty.txt").write_bytes(b"")
+    (folder / "blank.txt").write_bytes(b" \n\t\n")
+    (folder / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (folder / "english.txt.u8").symlink_to("english.txt")        # fortunes' X.u8 -> X
+    (folder / "sub" / "up.txt").symlink_to("../koi8.txt")
+    (folder / "mirror").symlink_to("sub", target_is_directory=True)
+    return texts
