@@ -33,7 +33,8 @@ def main() -> None:
     from tqdm import tqdm
 
     from gptpipe import distributed
-    from gptpipe.model import ModelConfig, build, count_params
+    from gptpipe import warm_start
+    from gptpipe.model import build, count_params
     from gptpipe.training import Trainer, autocast_dtype, make_deterministic, pick_device
 
     device = pick_device(p.train.device)
@@ -44,20 +45,21 @@ def main() -> None:
 
     data_hashes = {"train.npy": sha256_file(TRAIN), "val.npy": sha256_file(VAL),
                    "tokenizer.json": sha256_file(TOKENIZER)}
+    begin = warm_start.start(p, TOKENIZER)  # scratch, or the init_from weights (checked)
     identity = {**p.flat(("model", "train")), "world_size": world.size,
-                **{f"sha256.{k}": v for k, v in data_hashes.items()}}
+                **{f"sha256.{k}": v for k, v in data_hashes.items()},
+                "sha256.init_model": begin.source.get("model_sha256", "")}
     ckpt_dir = repo_root() / ".gptpipe" / "checkpoints" / checkpoints.identity_key(identity)
     ckpt_path = ckpt_dir / "checkpoint.pt"
 
     if p.train.threads:
         torch.set_num_threads(p.train.threads)
     make_deterministic(p.train.seed)
-    vocab = read_json(TOKENIZER)
-    cfg = ModelConfig(kind=p.model.kind, vocab_size=vocab["vocab_size"],
-                      block_size=p.model.block_size, n_layer=p.model.n_layer,
-                      n_head=p.model.n_head, n_embd=p.model.n_embd, dropout=p.model.dropout,
-                      bias=p.model.bias, tie_weights=p.model.tie_weights)
-    model = build(cfg).to(device)
+    cfg = begin.config
+    model = build(cfg)
+    if not begin.is_scratch:
+        model.load_state_dict(begin.state_dict)
+    model = model.to(device)
     amp = autocast_dtype(device, p.train.autocast)
     ddp_model = None
     if world.size > 1:
@@ -81,11 +83,15 @@ def main() -> None:
         # Only the stages before train: dvc.lock's train/evaluate/sample are the last run's.
         tags = {**git_state(), **stage_hashes(exclude=("train", "evaluate", "sample")),
                 **{f"data.sha256.{k}": v for k, v in data_hashes.items()},
-                "data.sha256.raw": _raw_corpus_sha256(), "gptpipe.params_key": ckpt_dir.name}
+                "data.sha256.raw": _raw_corpus_sha256(), "gptpipe.params_key": ckpt_dir.name,
+                **tracker.parent_tags(begin.source, p.mlflow.experiment)}
         exclude = ("evaluate", "sample")  # logged by their stages, which may rerun
         flat = p.flat(tuple(s for s in p.flat_sections() if s not in exclude))
         run_id = tracker.create_run(p.mlflow.experiment, os.environ.get("DVC_EXP_NAME"),
                                     flat, tags)
+    if world.is_main and not begin.is_scratch:
+        print(f"train: fine-tuning from {p.train.init_from} "
+              f"(model sha256 {begin.source['model_sha256'][:12]})", flush=True)
     if world.is_main:
         print(f"train: {cfg.kind}, {count_params(model):,} parameters, device {device}"
               f"{', bf16 autocast' if amp else ''}"
@@ -163,6 +169,8 @@ def _write_outputs(trainer, cfg, p, data_hashes, run_id, tracker) -> None:
     write_text(HISTORY, history_csv(trainer.history))
     write_loss_curve(trainer.history, CURVE, f"{cfg.kind}: {count_params(trainer.model):,} params")
     write_json(RUN_REF, {"run_id": run_id, "experiment": p.mlflow.experiment})
+    # Content-addressed lineage: a later init_from path to these bytes finds this run.
+    tracker.set_tags(run_id, {"gptpipe.model_sha256": sha256_file(MODEL)})
     tracker.log_artifact(run_id, CURVE, "plots")
     tracker.log_artifact(run_id, HISTORY, "history")
     tracker.log_artifact(run_id, TOKENIZER, "tokenizer")

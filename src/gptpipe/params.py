@@ -41,10 +41,11 @@ class CleanParams:
 
 @dataclass(frozen=True)
 class TokenizerParams:
-    kind: str = "char"               # char | bpe | tiktoken
+    kind: str = "char"               # char | bpe | tiktoken | from_model (train.init_from's)
     vocab_size: int = 1024           # bpe only
     encoding: str = "gpt2"           # tiktoken only: gpt2 | cl100k_base | o200k_base | ...
     encoding_file: str = ""          # tiktoken only: a local .tiktoken file for offline use
+    unknown_chars: str = "error"     # a char tokenizer meeting new characters: error | drop | replace
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class TrainParams:
     launcher: str = "python"         # python | torchrun --nproc_per_node=N (dvc.yaml's cmd)
     optimizer: str = "adamw"         # adamw | muon (the blocks' matrices; the rest AdamW)
     muon_lr: float = 0.02            # Muon's peak step; follows train.lr's warmup and decay
+    init_from: str = "scratch"       # scratch | a model file | runs:/<id>/model | models:/<name>@<alias>
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,11 @@ def validate(p: Params) -> Params:
     _check(p.data.timeout_s > 0, "data.timeout_s", "> 0", p.data.timeout_s)
     _check(0 <= p.data.retries <= 10, "data.retries", "between 0 and 10", p.data.retries)
     _choice("clean.on_invalid_utf8", p.clean.on_invalid_utf8, ("error", "replace"))
-    _choice("tokenizer.kind", p.tokenizer.kind, ("char", "bpe", "tiktoken"))
+    _choice("tokenizer.kind", p.tokenizer.kind, ("char", "bpe", "tiktoken", "from_model"))
+    _choice("tokenizer.unknown_chars", p.tokenizer.unknown_chars, ("error", "drop", "replace"))
+    _check(p.tokenizer.kind != "from_model" or p.train.init_from.strip() != "scratch",
+           "tokenizer.kind", "char, bpe or tiktoken when train.init_from is scratch "
+           "(from_model reuses the init_from model's tokenizer)", p.tokenizer.kind)
     if p.tokenizer.kind == "bpe":
         _check(256 <= p.tokenizer.vocab_size <= 65536, "tokenizer.vocab_size",
                "between 256 and 65536 for bpe (uint16 token ids)", p.tokenizer.vocab_size)
@@ -255,6 +261,8 @@ def validate(p: Params) -> Params:
     _choice("train.autocast", t.autocast, ("auto", "bf16", "off"))
     _choice("train.optimizer", t.optimizer, ("adamw", "muon"))
     _check(t.muon_lr > 0, "train.muon_lr", "> 0", t.muon_lr)
+    _check(t.init_from.strip() != "", "train.init_from",
+           "scratch, a model file, runs:/<id>/model or models:/<name>@<alias>", t.init_from)
     _check(p.evaluate.batch_size >= 1, "evaluate.batch_size", ">= 1", p.evaluate.batch_size)
     s = p.sample
     _check(len(s.prompts) >= 1, "sample.prompts", "a non-empty list", list(s.prompts))

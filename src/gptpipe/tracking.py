@@ -182,6 +182,59 @@ class Tracker:
         _retry_locked(mlflow.log_table, data=columns, artifact_file=artifact_file,
                       run_id=run_id)
 
+    def find_run_by_model_sha(self, sha256: str) -> str:
+        """The newest run whose models/model.pt had these bytes ("" if none)."""
+        runs = _retry_locked(self.client.search_runs, [e.experiment_id for e in
+                             _retry_locked(self.client.search_experiments)],
+                             filter_string=f"tags.`gptpipe.model_sha256` = '{sha256}'",
+                             order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0].info.run_id if runs else ""
+
+    def parent_tags(self, source: dict, experiment: str) -> dict:
+        """The tags naming the model a fine-tune starts from (none for scratch).
+
+        The parent run comes from the URI (runs:/, models:/) or, for a file, from
+        its sha256 (train tags each run with its model's). mlflow.parentRunId is set
+        too when the parent is in the same experiment: MLflow then shows the
+        fine-tune nested under the run it continues, which is what it is; across
+        experiments MLflow cannot show nesting, the gptpipe.* tags still link them.
+        """
+        if source.get("init_from", "scratch") == "scratch":
+            return {}
+        parent = source.get("run_id") or self.find_run_by_model_sha(source["model_sha256"])
+        tags = {"gptpipe.init_from": source["init_from"],
+                "gptpipe.parent_model_sha256": source["model_sha256"],
+                "gptpipe.parent_run_id": parent,
+                "gptpipe.parent_model_version": (f"{source['model_name']}/{source['version']}"
+                                                 if source.get("version") else "")}
+        if parent:
+            try:
+                parent_exp = _retry_locked(self.client.get_run, parent).info.experiment_id
+            except Exception:  # noqa: BLE001 - a run deleted since: keep the gptpipe tags
+                parent_exp = None
+            if parent_exp is not None and parent_exp == self.experiment_id(experiment):
+                tags["mlflow.parentRunId"] = parent
+        return {k: v for k, v in tags.items() if v != ""}
+
+    def chain(self, run_id: str, limit: int = 100) -> list[dict]:
+        """The run and the runs it was fine-tuned from, back to the scratch one:
+        [{run_id, name, init_from, version, model_sha256}], newest first."""
+        out, seen = [], set()
+        while run_id and run_id not in seen and len(out) < limit:
+            seen.add(run_id)
+            try:
+                run = _retry_locked(self.client.get_run, run_id)
+            except Exception:  # noqa: BLE001 - MlflowException for an unknown/deleted run
+                out.append({"run_id": run_id, "missing": True})
+                break
+            tags = run.data.tags
+            out.append({"run_id": run_id, "name": run.info.run_name,
+                        "init_from": tags.get("gptpipe.init_from", "scratch"),
+                        "version": tags.get("gptpipe.parent_model_version", ""),
+                        "parent_sha256": tags.get("gptpipe.parent_model_sha256", "")})
+            run_id = tags.get("gptpipe.parent_run_id", "")
+        return out
+
     @contextlib.contextmanager
     def stage(self, run_id: str) -> Iterator[None]:
         """Reopen a run for a stage; mark it FAILED (or KILLED) if the stage fails."""
@@ -207,3 +260,9 @@ def read_run_ref(path: Path) -> dict:
     if "run_id" not in ref:
         raise UserError(f"{path}: no run_id (rerun the train stage)")
     return ref
+
+
+def resolve_init_uri(init_from: str):
+    """train.init_from as a runs:/ or models:/ URI: the registry's one resolver."""
+    raise UserError(f"train.init_from: {init_from}: runs:/ and models:/ sources need "
+                    "the model registry (not in this version yet); use a model file path")
