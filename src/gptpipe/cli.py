@@ -79,6 +79,29 @@ def _lineage(args: argparse.Namespace) -> None:
         print(f"the workspace does not match: {', '.join(differ)}")
     else:
         print("the workspace matches this run")
+    _print_chain(tracker.chain(args.run_id))
+
+
+def _print_chain(chain: list[dict]) -> None:
+    """Each run's start, back to the one trained from scratch."""
+    print("trained from:")
+    for i, link in enumerate(chain):
+        indent = "  " * (i + 1)
+        if link.get("missing"):
+            print(f"{indent}run {link['run_id']}: not in this MLflow store (deleted, or "
+                  "logged elsewhere)")
+            return
+        head = f"{indent}run {link['run_id']} ({link['name']})"
+        if link["init_from"] == "scratch":
+            print(f"{head}: scratch")
+            return
+        version = f", version {link['version']}" if link["version"] else ""
+        print(f"{head}: fine-tuned from {link['init_from']}{version}, model sha256 "
+              f"{link['parent_sha256'][:12]}")
+    last = chain[-1]
+    if not last.get("missing") and last["init_from"] != "scratch":
+        print(f"{'  ' * (len(chain) + 1)}(no MLflow run is known for that model: it was "
+              "trained elsewhere, or before gptpipe tagged models with their sha256)")
 
 
 def main(argv: list[str] | None = None) -> None:
