@@ -2,6 +2,7 @@
 corpus, and a temp sqlite MLflow store. Nothing here mocks DVC, MLflow or torch."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -102,6 +103,15 @@ def make_project(dest: Path, overrides: dict | None = None, corpus: str | None =
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-q", "-m", "init"], dest)
     return dest
+
+
+def status_beyond_init(project: Path, env: dict | None = None) -> dict:
+    """`dvc status` without the init stage, which is always_changed (it resolves
+    train.init_from on every repro): {} when everything else is up to date."""
+    status = json.loads(run(["dvc", "status", "--json"], project, env=env).stdout or "{}")
+    if status.get("init") == ["always changed"]:
+        del status["init"]
+    return status
 
 
 @pytest.fixture

@@ -135,7 +135,7 @@ def test_pipeline_logs_runs_metrics_and_artifacts_to_a_tracking_server(mlflow_se
     env = env_for(project, MLFLOW_TRACKING_URI=server.url,
                   NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     result = run(["dvc", "repro"], project, env=env)
-    assert _ran(result.stdout) == ["download", "clean", "tokenize", "split", "train",
+    assert _ran(result.stdout) == ["init", "download", "clean", "tokenize", "split", "train",
                                    "evaluate", "sample"]
     assert not (project / "mlflow.db").exists(), "the run went to a local store"
     run_id = json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
@@ -178,7 +178,7 @@ def test_pipeline_logs_runs_metrics_and_artifacts_to_a_tracking_server(mlflow_se
     assert not (project / "mlartifacts").exists()
 
     # Nothing changed: nothing reruns, and the server still holds one run.
-    assert _ran(run(["dvc", "repro"], project, env=env).stdout) == []
+    assert _ran(run(["dvc", "repro"], project, env=env).stdout) == ["init"]  # init: always_changed
     again = server.post("/api/2.0/mlflow/runs/search",
                         {"experiment_ids": [exp["experiment_id"]]}).get("runs", [])
     assert len(again) == 1
