@@ -58,7 +58,7 @@ def main() -> None:
     cfg = begin.config
     model = build(cfg)
     if not begin.is_scratch:
-        model.load_state_dict(begin.state_dict)
+        begin.load_into(model)
     model = model.to(device)
     amp = autocast_dtype(device, p.train.autocast)
     ddp_model = None

@@ -45,7 +45,7 @@ class TokenizerParams:
     vocab_size: int = 1024           # bpe only
     encoding: str = "gpt2"           # tiktoken only: gpt2 | cl100k_base | o200k_base | ...
     encoding_file: str = ""          # tiktoken only: a local .tiktoken file for offline use
-    unknown_chars: str = "error"     # a char tokenizer meeting new characters: error | drop | replace
+    unknown_chars: str = "error"     # from_model char tokenizer, new characters: error|drop|replace
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class TrainParams:
     launcher: str = "python"         # python | torchrun --nproc_per_node=N (dvc.yaml's cmd)
     optimizer: str = "adamw"         # adamw | muon (the blocks' matrices; the rest AdamW)
     muon_lr: float = 0.02            # Muon's peak step; follows train.lr's warmup and decay
-    init_from: str = "scratch"       # scratch | a model file | runs:/<id>/model | models:/<name>@<alias>
+    init_from: str = "scratch"       # scratch | model file | runs:/<id>/model | models:/<name>@<a>
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,15 @@ class Start:
     def is_scratch(self) -> bool:
         return self.state_dict is None
 
+    def load_into(self, model) -> None:
+        """The source's weights into `model` (built from self.config)."""
+        try:
+            model.load_state_dict(self.state_dict)
+        except (RuntimeError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0][:160]
+            raise UserError(f"train.init_from: {self.source['init_from']}: its weights do not "
+                            f"fit its model_config ({first})") from None
+
 
 def start(p: Params, tokenizer_path: Path) -> Start:
     vocab_size = read_json(tokenizer_path)["vocab_size"]
@@ -45,19 +54,19 @@ def start(p: Params, tokenizer_path: Path) -> Start:
         raise UserError(f"{MODEL}: not the model {init_from} resolved to (sha256 differs); "
                         "rerun the init stage (`dvc repro`)")
     stored = dict(payload["model_config"])
-    wanted = {f"model.{k}": getattr(p.model, k) for k in stored
-              if k != "vocab_size" and hasattr(p.model, k) and k not in FREE_MODEL_KEYS}
-    for key, value in wanted.items():
-        if stored[key.split(".", 1)[1]] != value:
-            raise UserError(f"{key}: {value!r} contradicts the init_from model's "
-                            f"{stored[key.split('.', 1)[1]]!r} ({init_from}); set {key}: "
-                            f"{stored[key.split('.', 1)[1]]!r} (only "
-                            f"{', '.join('model.' + k for k in FREE_MODEL_KEYS)} may differ)")
+    free = ", ".join(f"model.{k}" for k in FREE_MODEL_KEYS)
+    for key in stored:
+        if key == "vocab_size" or key in FREE_MODEL_KEYS or not hasattr(p.model, key):
+            continue
+        if getattr(p.model, key) != stored[key]:
+            raise UserError(f"model.{key}: {getattr(p.model, key)!r} contradicts the init_from "
+                            f"model's {stored[key]!r} ({init_from}); set model.{key}: "
+                            f"{stored[key]!r} (only {free} may differ)")
     if sha256_file(tokenizer_path) != source.get("tokenizer_sha256") \
             or vocab_size != stored["vocab_size"]:
+        same = ", same size, other tokens" if vocab_size == stored["vocab_size"] else ""
         raise UserError(f"{tokenizer_path}: not the tokenizer of {init_from} (vocabulary "
-                        f"{vocab_size} vs the model's {stored['vocab_size']}"
-                        f"{', same size but other tokens' if vocab_size == stored['vocab_size'] else ''}"
-                        "); set tokenizer.kind: from_model")
+                        f"{vocab_size} vs the model's {stored['vocab_size']}{same}); "
+                        "set tokenizer.kind: from_model")
     stored.update({k: getattr(p.model, k) for k in FREE_MODEL_KEYS})
     return Start(ModelConfig(**stored), payload["state_dict"], source)
