@@ -8,7 +8,8 @@ is checked with torch's weights_only loader (scratch imports neither).
 """
 from gptpipe import params
 from gptpipe.errors import run_main
-from gptpipe.init_source import INIT_DIR, SCRATCH, materialise
+from gptpipe.init_resolve import materialise
+from gptpipe.init_source import INIT_DIR, SCRATCH
 
 
 def main() -> None:

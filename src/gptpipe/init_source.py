@@ -1,26 +1,18 @@
-"""`train.init_from`: the model a run starts from, resolved to bytes under models/init/.
-
-The init stage turns the param into three files that the rest of the pipeline
-depends on, so DVC reruns tokenize and train when, and only when, those bytes
-change (a moved alias, a new file), not when the same model is resolved again:
+"""`train.init_from`: where the init stage puts the model a run starts from.
 
     models/init/model.pt        the source model file, byte for byte
     models/init/tokenizer.json  its tokenizer, byte for byte
     models/init/source.json     what was resolved: the param, run id, version, sha256s
 
-`scratch` writes an empty model.pt and tokenizer.json and a source.json that
-says so: the graph stays one graph and a scratch pipeline never reruns for it.
-A URI (`runs:/...`, `models:/...`) goes through the one model-URI resolver in
-tracking; a path is read here. Torch is imported only to check that a source
-is a loadable gptpipe model (checkpoints' weights_only loader), never for scratch.
+Only names and reading source.json here (no torch, no MLflow): the tokenize
+stage reads the tokenizer, train the model; init_resolve.py writes them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .files import read_json, sha256_file, write_bytes, write_json
+from .files import read_json
 
 INIT_DIR = Path("models/init")
 MODEL = INIT_DIR / "model.pt"
@@ -35,91 +27,6 @@ FREE_MODEL_KEYS = ("dropout",)
 
 def is_uri(init_from: str) -> bool:
     return init_from.startswith(URI_PREFIXES)
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """A source model found on disk (a URI's files are downloaded first)."""
-    init_from: str
-    model_file: Path
-    tokenizer_file: Path
-    run_id: str = ""        # the MLflow run that trained it, when the URI names one
-    model_name: str = ""    # registered model name (models:/ URIs)
-    version: str = ""       # registered model version (models:/ URIs)
-
-
-def resolve_path(init_from: str) -> Resolved:
-    """A gptpipe model file on disk; its tokenizer lies beside it (tokenizer.json)
-    or where its project keeps it (the path recorded in the model file, from the
-    project root: models/model.pt -> data/tokens/tokenizer.json)."""
-    path = Path(init_from).expanduser()
-    if not path.is_file():
-        what = "a folder, not a model file" if path.is_dir() else "no such model file"
-        raise UserError(f"train.init_from: {init_from}: {what}")
-    ref = describe(path, init_from)["tokenizer"]
-    candidates = [path.parent / "tokenizer.json",
-                  path.parent.parent / ref.get("path", "data/tokens/tokenizer.json")]
-    for candidate in candidates:
-        if candidate.is_file() and sha256_file(candidate) == ref.get("sha256"):
-            return Resolved(init_from, path, candidate)
-    raise UserError(f"train.init_from: {init_from}: its tokenizer (sha256 "
-                    f"{str(ref.get('sha256'))[:12]}) is not beside it; looked in "
-                    f"{', '.join(str(c) for c in candidates)}")
-
-
-def describe(model_file: Path, init_from: str) -> dict:
-    """The model file's header (format, config, tokenizer ref), refusing anything
-    that is not a loadable gptpipe model file. Loads with weights_only=True."""
-    from . import checkpoints
-
-    try:
-        payload = checkpoints.load_model_file(model_file)
-    except UserError as exc:
-        raise UserError(f"train.init_from: {init_from}: {exc}") from None
-    config, ref = payload.get("model_config"), payload.get("tokenizer")
-    if not isinstance(config, dict) or not isinstance(ref, dict) \
-            or not isinstance(payload.get("state_dict"), dict):
-        raise UserError(f"train.init_from: {init_from}: a gptpipe model file without its "
-                        "model_config, tokenizer or weights")
-    return {"model_config": config, "tokenizer": ref}
-
-
-def resolve(init_from: str) -> Resolved:
-    if is_uri(init_from):
-        from .tracking import resolve_init_uri
-
-        return resolve_init_uri(init_from)
-    return resolve_path(init_from)
-
-
-def materialise(init_from: str) -> dict:
-    """Write models/init/ for `init_from`; return what source.json holds."""
-    init_from = init_from.strip()
-    if init_from == SCRATCH:
-        source = {"init_from": SCRATCH}
-        write_bytes(MODEL, b"")
-        write_bytes(TOKENIZER, b"")
-        write_json(SOURCE, source)
-        return source
-    found = resolve(init_from)
-    header = describe(found.model_file, init_from)
-    model_bytes = found.model_file.read_bytes()
-    tokenizer_bytes = found.tokenizer_file.read_bytes()
-    from .files import sha256_bytes
-
-    if sha256_bytes(tokenizer_bytes) != header["tokenizer"].get("sha256"):
-        raise UserError(f"train.init_from: {init_from}: its tokenizer.json is not the one "
-                        "the model was trained with (sha256 differs)")
-    # No local path in source.json: it names the source as the user wrote it.
-    source = {"init_from": init_from, "run_id": found.run_id,
-              "model_name": found.model_name, "version": found.version,
-              "model_sha256": sha256_bytes(model_bytes),
-              "tokenizer_sha256": sha256_bytes(tokenizer_bytes),
-              "model_config": header["model_config"]}
-    write_bytes(MODEL, model_bytes)
-    write_bytes(TOKENIZER, tokenizer_bytes)
-    write_json(SOURCE, source)
-    return source
 
 
 def read_source(init_from: str) -> dict:
