@@ -101,6 +101,16 @@ def gospels() -> str:
                    if " " in line)
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def bits(loss: float) -> float:
     return loss / math.log(2)  # char tokenizer: one token per character
 
@@ -162,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     same_time = at_time(hf, hs[-1]["elapsed_s"])
     ft_steps = first_step_at_or_below(hf, target)
     scratch_steps = first_step_at_or_below(hs, target)
+    scratch_to_ft = first_step_at_or_below(hs, hf[-1]["val_loss"])
     rows = [
         ("val bits/char at step 0 (before any fine-tuning step)",
          f"{bits(hf[0]['val_loss']):.3f}", f"{bits(hs[0]['val_loss']):.3f}"),
@@ -172,17 +183,20 @@ def main(argv: list[str] | None = None) -> int:
          f"{bits(same_time['val_loss']):.3f} (step {int(same_time['step'])})",
          f"{bits(hs[-1]['val_loss']):.3f}"),
         (f"steps to reach the scratch run's final val loss ({target:.4f})",
-         str(ft_steps) if ft_steps is not None else f"> {args.steps}",
-         str(scratch_steps) if scratch_steps is not None else f"> {args.steps}"),
+         f"{ft_steps} (its step-0 eval)" if ft_steps == 0 else str(ft_steps),
+         str(scratch_steps)),
+        (f"steps to reach the fine-tuned run's final val loss ({hf[-1]['val_loss']:.4f})",
+         str(first_step_at_or_below(hf, hf[-1]["val_loss"])),
+         str(scratch_to_ft) if scratch_to_ft is not None else f"not within {args.steps}"),
         ("wall time of the pipeline (init..train)", f"{ft_s:.0f} s (+ {pre_s:.0f} s "
          "pretraining)", f"{scratch_s:.0f} s"),
     ]
     ratio_bits = bits(hf[-1]["val_loss"]) / bits(hs[-1]["val_loss"])
-    ratio_steps = (ft_steps / scratch_steps) if ft_steps and scratch_steps else None
+    ratio_steps = ft_steps / scratch_steps if ft_steps is not None and scratch_steps else None
     lines = [
         BEGIN, "", "## Fine-tuning from a pretrained model (`benchmarks/finetune.py`)", "",
         f"Written by `python benchmarks/finetune.py --pretrain-steps {args.pretrain_steps} "
-        f"--steps {args.steps}`; {platform.processor() or platform.machine()}, "
+        f"--steps {args.steps}`; {cpu_name()}, "
         f"{os.cpu_count()} cores, load {load[0]:.1f} at start; "
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; took "
         f"{time.perf_counter() - started:.0f} s.", "",
@@ -194,13 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{MODEL['block_size']}, char tokenizer, batch 12, one thread, autocast off. "
         f"The gospels: {split['train_tokens']:,} train / {split['val_tokens']:,} val "
         f"characters; {sum(unknown.values())} characters outside the plays' vocabulary "
-        f"replaced ({', '.join(sorted(unknown)) or 'none'}); {shared} of their {total} "
+        f"replaced ({' '.join(sorted(unknown)) or 'none'}); {shared} of their {total} "
         "lines of 40+ characters occur verbatim in the plays.", "",
         "| measure | fine-tune | scratch (same command) |", "|---|---|---|",
         *[f"| {a} | {b} | {c} |" for a, b, c in rows], "",
         f"Ratio fine-tune / scratch: val bits/char after {args.steps} steps "
         f"{ratio_bits:.2f}x"
-        + (f"; steps to the scratch run's final loss {ratio_steps:.2f}x" if ratio_steps
+        + (f"; steps to the scratch run's final loss {ratio_steps:.2f}x" if ratio_steps is not None
            else "") + ". A small, short measurement on a shared machine: the ratios, "
         "measured in one command, are the figures to read.", "", END, ""]
     section = "\n".join(lines)
