@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         *[f"| {a} | {b} | {c} |" for a, b, c in rows], "",
         f"Ratio fine-tune / scratch: val bits/char after {args.steps} steps "
         f"{ratio_bits:.2f}x"
-        + (f"; steps to the scratch run's final loss {ratio_steps:.2f}x" if ratio_steps is not None
-           else "") + ". A small, short measurement on a shared machine: the ratios, "
+        + (f"; steps to the scratch run's final loss {ratio_steps:.2f}x"
+           if ratio_steps is not None else "") + ". A small, short measurement on a shared machine: the ratios, "
         "measured in one command, are the figures to read.", "", END, ""]
     section = "\n".join(lines)
     print("\n" + section)
