@@ -106,7 +106,10 @@ def test_bad_sources_fail_with_one_line_and_write_nothing(proj, tmp_path):
     checkpoints.save(checkpoint, {"format": checkpoints.CHECKPOINT_FORMAT, "trainer": {}})
     lonely = save_source(tmp_path / "lonely")
     (tmp_path / "lonely/tokenizer.json").unlink()
+    (proj / "models").mkdir()
+    shutil.copy(save_source(tmp_path / "own"), proj / "models/model.pt")
     cases = [(str(tmp_path / "missing.pt"), "no such model file"),
+             ("models/model.pt", "this pipeline's own train output"),
              (str(tmp_path), "a folder, not a model file"),
              (str(not_a_model), "refused"),
              (str(checkpoint), "not a gptpipe model file (format 'gptpipe.checkpoint/1')"),
@@ -116,6 +119,7 @@ def test_bad_sources_fail_with_one_line_and_write_nothing(proj, tmp_path):
                               why)
         assert line.count("train.init_from") == 1
         assert not (proj / "models/init").exists(), init_from
+    assert (proj / "models/model.pt").read_bytes() == (tmp_path / "own/model.pt").read_bytes()
 
 
 # -- tokenize with the source model's tokenizer ----------------------------------------

@@ -20,6 +20,8 @@ from .errors import UserError
 from .files import sha256_bytes, sha256_file, write_bytes, write_json
 from .init_source import MODEL, SCRATCH, SOURCE, TOKENIZER, is_uri
 
+TRAINED_MODEL = "models/model.pt"  # the train stage's output
+
 
 @dataclass(frozen=True)
 class Resolved:
@@ -37,6 +39,10 @@ def resolve_path(init_from: str) -> Resolved:
     or where its project keeps it (the path recorded in the model file, from the
     project root: models/model.pt -> data/tokens/tokenizer.json)."""
     path = Path(init_from).expanduser()
+    if path.resolve() == Path(TRAINED_MODEL).resolve():
+        raise UserError(f"train.init_from: {init_from}: this pipeline's own train output; "
+                        "every `dvc repro` would fine-tune again from the last result: copy it "
+                        "elsewhere, or use its runs:/ or models:/ URI")
     if not path.is_file():
         what = "a folder, not a model file" if path.is_dir() else "no such model file"
         raise UserError(f"train.init_from: {init_from}: {what}")
