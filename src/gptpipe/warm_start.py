@@ -8,6 +8,7 @@ tokenizer must be the source model's, byte for byte (tokenizer.kind: from_model)
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,11 +44,8 @@ def start(p: Params, tokenizer_path: Path) -> Start:
     vocab_size = read_json(tokenizer_path)["vocab_size"]
     init_from = p.train.init_from.strip()
     if init_from == SCRATCH:
-        m = p.model
-        return Start(ModelConfig(kind=m.kind, vocab_size=vocab_size, block_size=m.block_size,
-                                 n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
-                                 dropout=m.dropout, bias=m.bias, tie_weights=m.tie_weights),
-                     None, {"init_from": SCRATCH})
+        return Start(ModelConfig(**dataclasses.asdict(p.model), vocab_size=vocab_size), None,
+                     {"init_from": SCRATCH})
     source = read_source(init_from)
     payload = checkpoints.load_model_file(MODEL)
     if sha256_file(MODEL) != source.get("model_sha256"):
