@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import importlib.util
 import json
 import math
 import os
@@ -34,7 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- benchmarks/finetune.py: begin -->", "<!-- benchmarks/finetune.py: end -->"
@@ -50,29 +50,27 @@ def train_params(steps: int, eval_interval: int) -> dict:
             "threads": 1, "autocast": "off", "lr": 1.0e-3, "min_lr": 1.0e-4}
 
 
-def merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and \
-            isinstance(out.get(key), dict) else value
-    return out
+def _test_projects():
+    """tests/projects.py, by path: temp projects built as the tests build them."""
+    spec = importlib.util.spec_from_file_location("gptpipe_test_projects",
+                                                  ROOT / "tests" / "projects.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+projects = _test_projects()
+merge = projects.merge
 
 
 class Project:
     def __init__(self, path: Path, store: Path, params: dict):
-        path.mkdir(parents=True)
-        for name in ("dvc.yaml", "params.yaml"):
-            shutil.copy2(ROOT / name, path / name)
-        for folder in ("stages", "src", "corpus"):
-            shutil.copytree(ROOT / folder, path / folder,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        merged = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), params)
-        (path / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+        projects.copy_pipeline(path)
+        projects.write_params(path, params, base=ROOT / "params.yaml")
         self.path = path
-        self.env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}",
+        self.env = {**projects.project_env(Path(sys.executable).parent, store),
                     "DVC_ROOT": str(path), "PYTHONPATH": str(path / "src"),
                     "OMP_NUM_THREADS": "1"}
-        self.env.pop("GPTPIPE_DEBUG", None)
 
     def pipeline(self, label: str) -> float:
         start = time.perf_counter()
