@@ -35,7 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- benchmarks/finetune.py: begin -->", "<!-- benchmarks/finetune.py: end -->"
 BOOKS = "Mt1:1-Joh21:25"  # the four gospels
