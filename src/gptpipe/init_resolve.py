@@ -13,8 +13,10 @@ scratch.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from .errors import UserError
 from .files import sha256_bytes, sha256_file, write_bytes, write_json
@@ -74,12 +76,16 @@ def describe(model_file: Path, init_from: str) -> dict:
     return {"model_config": config, "tokenizer": ref}
 
 
-def resolve(init_from: str) -> Resolved:
+@contextlib.contextmanager
+def opened(init_from: str) -> Iterator[Resolved]:
+    """The source's files on disk for the `with` block (a URI's are downloaded to a
+    temp dir that lives that long)."""
     if is_uri(init_from):
         from .tracking import resolve_init_uri
 
-        return resolve_init_uri(init_from)
-    return resolve_path(init_from)
+        yield resolve_init_uri(init_from)
+        return
+    yield resolve_path(init_from)
 
 
 def materialise(init_from: str) -> dict:
@@ -91,10 +97,10 @@ def materialise(init_from: str) -> dict:
         write_bytes(TOKENIZER, b"")
         write_json(SOURCE, source)
         return source
-    found = resolve(init_from)
-    header = describe(found.model_file, init_from)
-    model_bytes = found.model_file.read_bytes()
-    tokenizer_bytes = found.tokenizer_file.read_bytes()
+    with opened(init_from) as found:
+        header = describe(found.model_file, init_from)
+        model_bytes = found.model_file.read_bytes()
+        tokenizer_bytes = found.tokenizer_file.read_bytes()
     if sha256_bytes(tokenizer_bytes) != header["tokenizer"].get("sha256"):
         raise UserError(f"train.init_from: {init_from}: its tokenizer.json is not the one "
                         "the model was trained with (sha256 differs)")
