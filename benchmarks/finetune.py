@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{MODEL['block_size']}, char tokenizer, batch 12, one thread, autocast off. "
         f"The gospels: {split['train_tokens']:,} train / {split['val_tokens']:,} val "
         f"characters; {sum(unknown.values())} characters outside the plays' vocabulary "
-        f"replaced ({' '.join(sorted(unknown)) or 'none'}); {shared} of their {total} "
+        f"replaced: {' '.join(sorted(unknown)) or 'none'}; {shared} of their {total} "
         "lines of 40+ characters occur verbatim in the plays.", "",
         "| measure | fine-tune | scratch (same command) |", "|---|---|---|",
         *[f"| {a} | {b} | {c} |" for a, b, c in rows], "",
