@@ -436,7 +436,7 @@ def test_prompt_outside_the_vocabulary_is_named_and_the_run_stays_finished(fault
     case = faulted["bad_prompt"]
     assert error_line(case.result, "sample") == (
         "sample: error: sample.prompts[1]: characters not in the tokenizer's vocabulary: "
-        "'€', '✓'")
+        "'€' x1, '✓' x1")
     assert snapshot(case.project) == case.before
     assert not (case.project / "reports/samples.md").exists()
     assert statuses(case.project) == case.runs_before == {run_id_of(case.project): "FINISHED"}
