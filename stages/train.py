@@ -22,6 +22,7 @@ MODEL = Path("models/model.pt")
 SUMMARY, LOSSES = Path("reports/train.json"), Path("reports/train_losses.csv")
 HISTORY, CURVE = Path("reports/train_history.csv"), Path("reports/loss_curve.png")
 RUN_REF = Path("reports/mlflow_run.json")
+SPLIT_REPORT = Path("reports/split.json")
 
 
 def main() -> None:
@@ -60,7 +61,13 @@ def _create_run(tracker, p, data_hashes, params_key, source: dict) -> str:
             **tracker.parent_tags(source, p.mlflow.experiment)}
     exclude = ("evaluate", "sample")  # logged by their stages, which may rerun
     flat = p.flat(tuple(s for s in p.flat_sections() if s not in exclude))
-    return tracker.create_run(p.mlflow.experiment, os.environ.get("DVC_EXP_NAME"), flat, tags)
+    run_id = tracker.create_run(p.mlflow.experiment, os.environ.get("DVC_EXP_NAME"), flat, tags)
+    # How much of val is verbatim in train (reports/split.json): a low val loss means
+    # less when this is high.
+    overlap = read_json(SPLIT_REPORT).get("val_in_train", {}) if SPLIT_REPORT.exists() else {}
+    if "share" in overlap:
+        tracker.log_metrics(run_id, [("data.val_in_train", overlap["share"], 0)])
+    return run_id
 
 
 def _write_outputs(trainer, cfg, p, data_hashes, run_id, tracker) -> None:
@@ -85,8 +92,13 @@ def _write_outputs(trainer, cfg, p, data_hashes, run_id, tracker) -> None:
     tracker.log_artifact(run_id, CURVE, "plots")
     tracker.log_artifact(run_id, HISTORY, "history")
     tracker.log_artifact(run_id, TOKENIZER, "tokenizer")
-    if p.mlflow.log_model:
-        tracker.log_artifact(run_id, MODEL, "model")
+    if p.mlflow.log_model:  # an MLflow model (runs:/<run_id>/model), a new registered version
+        from gptpipe import registry
+
+        version = registry.log_model(tracker, run_id, MODEL, TOKENIZER, p.mlflow.registered_model,
+                                     exp_name=os.environ.get("DVC_EXP_NAME"))
+        print(f"train: logged model runs:/{run_id}/model, "
+              f"registered as models:/{p.mlflow.registered_model}/{version}")
 
 
 def _raw_corpus_sha256() -> str:

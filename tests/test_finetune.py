@@ -122,6 +122,15 @@ def test_bad_sources_fail_with_one_line_and_write_nothing(proj, tmp_path):
     assert (proj / "models/model.pt").read_bytes() == (tmp_path / "own/model.pt").read_bytes()
 
 
+def test_bad_uris_fail_with_one_line_and_write_nothing(proj):
+    missing_run = "runs:/" + "0" * 32 + "/model"
+    for uri, why in ((missing_run, "no run '" + "0" * 32 + "'"),
+                     ("models:/gptpipe@champion", "no registered model 'gptpipe'"),
+                     ("models:/gptpipe/3", "no registered model 'gptpipe'")):
+        one_error_line(init(proj, uri), "init", f"train.init_from: {uri}: ", why)
+        assert not (proj / "models/init").exists(), uri
+
+
 # -- tokenize with the source model's tokenizer ----------------------------------------
 
 def tokenize_from_model(proj: Path, corpus: str, unknown_chars: str = "error"):
@@ -264,3 +273,63 @@ def ran_with(project: Path, env: dict) -> list[str]:
               timeout=600).stdout
     return [line.split("'")[1] for line in out.splitlines()
             if line.startswith("Running stage '")]
+
+
+@pytest.mark.slow
+def test_finetune_from_a_run_uri_and_a_registry_alias_follows_the_alias(tmp_path):
+    """runs:/ and models:/ sources: the weights are loaded (first-step loss), the
+    same alias target runs nothing, a moved alias reruns train, the registered
+    version says what it was fine-tuned from."""
+    from mlflow.tracking import MlflowClient
+
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    pre = make_project(tmp_path / "pre", corpus=tiny_text(30_000), overrides={
+        "train": {"autocast": "off"}, "mlflow": {"log_model": True}})
+    ran_with(pre, env)
+    v1_run = run_id_of(pre)
+    client.set_registered_model_alias("gptpipe", "champion", "1")
+
+    ft = make_project(tmp_path / "ft", corpus=tiny_text(60_000)[30_000:], overrides={
+        "train": {"init_from": "models:/gptpipe@champion", "autocast": "off", "seed": 7},
+        "tokenizer": {"kind": "from_model", "unknown_chars": "replace"}})
+    assert ran_with(ft, env) == ["init", "download", "clean", "tokenize", "split", "train"]
+    source = json.loads((ft / "models/init/source.json").read_text())
+    assert (source["run_id"], source["model_name"], source["version"]) == (v1_run, "gptpipe",
+                                                                          "1")
+    v1_model = tmp_path / "v1.pt"
+    shutil.copy(pre / "models/model.pt", v1_model)
+    ft_run = run_id_of(ft)
+    first = [m.value for m in client.get_metric_history(ft_run, "batch_loss") if m.step == 1]
+    assert first[0] == pytest.approx(first_batch_loss(v1_model, ft, 8, 7), abs=1e-5)
+    tags = client.get_run(ft_run).data.tags
+    assert tags["gptpipe.parent_run_id"] == v1_run
+    assert tags["gptpipe.parent_model_version"] == "gptpipe/1"
+    assert ran_with(ft, env) == ["init"]  # the alias did not move: nothing reruns
+
+    # A second pretraining registers version 2; moving the alias reruns train from it.
+    write_params(pre, {"train": {"max_iters": 40}})
+    ran_with(pre, env)
+    v2_run = run_id_of(pre)
+    client.set_registered_model_alias("gptpipe", "champion", "2")
+    assert ran_with(ft, env) == ["init", "train"]  # same tokenizer bytes: tokenize stays
+    tags = client.get_run(run_id_of(ft)).data.tags
+    assert (tags["gptpipe.parent_run_id"], tags["gptpipe.parent_model_version"]) == (
+        v2_run, "gptpipe/2")
+
+    # By run URI: the first pretraining's weights again; this fine-tune is logged and
+    # registered, and its version says what it was fine-tuned from.
+    write_params(ft, {"train": {"init_from": f"runs:/{v1_run}/model"},
+                      "mlflow": {"log_model": True}})
+    assert ran_with(ft, env) == ["init", "train"]
+    by_run = run_id_of(ft)
+    version = client.search_model_versions(f"run_id = '{by_run}'")[0]
+    assert version.tags["gptpipe.parent_run_id"] == v1_run
+    assert version.tags["gptpipe.init_from"] == f"runs:/{v1_run}/model"
+    assert version.tags["gptpipe.parent_model_version"] == "gptpipe/1"
+    first = [m.value for m in client.get_metric_history(by_run, "batch_loss") if m.step == 1]
+    assert first[0] == pytest.approx(first_batch_loss(v1_model, ft, 8, 7), abs=1e-5)
+    out = run(["gptpipe", "lineage", by_run], ft, env=env_for(ft, **env), timeout=120).stdout
+    chain = out.split("trained from:\n", 1)[1].splitlines()
+    assert f"fine-tuned from runs:/{v1_run}/model" in chain[0]
+    assert chain[1].startswith(f"    run {v1_run} (") and chain[1].endswith(": scratch")

@@ -6,10 +6,11 @@ rest of the pipeline depends on, so DVC reruns tokenize and train when, and only
 when, those bytes change (a moved alias, a new file), not when the same model is
 resolved again. `scratch` writes an empty model.pt and tokenizer.json and a
 source.json that says so: the graph stays one graph and a scratch pipeline never
-reruns for it. A URI (`runs:/...`, `models:/...`) goes through the one model-URI
-resolver (MLflow); a path is read here. Torch is imported only to check that a
-source is a loadable gptpipe model (checkpoints' weights_only loader), never for
-scratch.
+reruns for it. Every source goes through registry.model_files, the one resolver
+of model references (a path, a downloaded MLflow model folder, `runs:/...`,
+`models:/...`); an alias is pinned to its version first. A plain model file's
+tokenizer is looked up here. Torch (checkpoints' weights_only loader, to refuse
+anything but a gptpipe model) and MLflow (URIs) are never imported for scratch.
 """
 from __future__ import annotations
 
@@ -78,14 +79,26 @@ def describe(model_file: Path, init_from: str) -> dict:
 
 @contextlib.contextmanager
 def opened(init_from: str) -> Iterator[Resolved]:
-    """The source's files on disk for the `with` block (a URI's are downloaded to a
-    temp dir that lives that long)."""
-    if is_uri(init_from):
-        from .tracking import resolve_init_uri
+    """The source's files on disk for the `with` block, through the registry's one
+    resolver of model references (a URI is downloaded to a temp dir that lives that
+    long; an alias is first pinned to the version it names now)."""
+    from . import registry
 
-        yield resolve_init_uri(init_from)
-        return
-    yield resolve_path(init_from)
+    try:
+        if is_uri(init_from):
+            pinned = registry.pin(init_from)
+            with registry.model_files(pinned["uri"]) as (weights, tokenizer):
+                yield Resolved(init_from, weights, tokenizer, pinned["run_id"],
+                               pinned["model_name"], pinned["version"])
+            return
+        with registry.model_files(init_from) as (weights, tokenizer):
+            # a downloaded MLflow model folder names its tokenizer; a model file does not
+            yield resolve_path(init_from) if tokenizer is None else \
+                Resolved(init_from, weights, tokenizer)
+    except UserError as exc:
+        message = str(exc)
+        raise UserError(message if message.startswith("train.init_from")
+                        else f"train.init_from: {message}") from None
 
 
 def materialise(init_from: str) -> dict:
