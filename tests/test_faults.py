@@ -39,8 +39,8 @@ from conftest import (env_for, make_project, run, status_beyond_init, tiny_text,
                       write_params)
 
 SCRIPTS = {"init": "init_model.py", "download": "download.py", "clean": "clean.py",
-           "tokenize": "tokenize_text.py", "split": "split.py", "train": "train.py", "evaluate": "evaluate.py",
-           "sample": "sample.py"}
+           "tokenize": "tokenize_text.py", "split": "split.py", "train": "train.py",
+           "evaluate": "evaluate.py", "sample": "sample.py"}
 STAGES = list(SCRIPTS)
 # tqdm's bar ("train:  50%|#####  | 5/10 ...") and MLflow/alembic INFO logging
 # may share stderr with the error line; nothing else may.
