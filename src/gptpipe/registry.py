@@ -271,7 +271,7 @@ def pin(uri: str) -> dict:
         name, alias = rest.split("@", 1)
         found = _retry_locked(client.get_model_version_by_alias, name, alias)
     else:
-        name, number = rest.split("/", 1)
+        name, number = rest.split("/")[:2]
         found = _retry_locked(client.get_model_version, name, number)
     return {"uri": f"models:/{name}/{found.version}", "run_id": found.run_id or "",
             "model_name": name, "version": str(found.version)}

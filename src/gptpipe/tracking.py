@@ -219,7 +219,7 @@ class Tracker:
 
     def chain(self, run_id: str, limit: int = 100) -> list[dict]:
         """The run and the runs it was fine-tuned from, back to the scratch one:
-        [{run_id, name, init_from, version, model_sha256}], newest first."""
+        [{run_id, name, init_from, version, parent_sha256}], newest first."""
         out, seen = [], set()
         while run_id and run_id not in seen and len(out) < limit:
             seen.add(run_id)
