@@ -25,6 +25,7 @@ MODEL = Path("models/model.pt")
 SUMMARY, LOSSES = Path("reports/train.json"), Path("reports/train_losses.csv")
 HISTORY, CURVE = Path("reports/train_history.csv"), Path("reports/loss_curve.png")
 RUN_REF = Path("reports/mlflow_run.json")
+DOWNLOAD = Path("reports/download.json")
 
 
 def main() -> None:
@@ -127,7 +128,10 @@ def main() -> None:
     with tracker.stage(run_id) if world.is_main else contextlib.nullcontext():
         if world.is_main:  # the last checkpoint's rows a kill kept from MLflow
             tracker.log_missing_metrics(run_id, unlogged)
-        with tqdm(total=p.train.max_iters, initial=trainer.step, desc="train",
+            tracker.log_data_inputs(run_id, {"train": (TRAIN, data_hashes["train.npy"]),
+                                             "val": (VAL, data_hashes["val.npy"])}, DOWNLOAD)
+        with tracker.system_metrics(run_id) if world.is_main else contextlib.nullcontext(), \
+                tqdm(total=p.train.max_iters, initial=trainer.step, desc="train",
                   mininterval=1.0, dynamic_ncols=True, disable=not world.is_main) as bar:
             def progress(step, loss, tokens_per_s):
                 bar.update(1)
@@ -155,14 +159,17 @@ def _write_outputs(trainer, cfg, p, data_hashes, run_id, tracker) -> None:
         "tokenizer": {"path": TOKENIZER.as_posix(), "sha256": data_hashes["tokenizer.json"]},
         "step": trainer.step})
     last = trainer.history[-1]
+    best = min(trainer.history, key=lambda row: (row.val_loss, row.step))
     write_json(SUMMARY, {"parameters": count_params(trainer.model), "steps": trainer.step,
                          "final_train_loss": round(last.train_loss, 6),
                          "final_val_loss": round(last.val_loss, 6),
+                         "best_val_loss": round(best.val_loss, 6), "best_val_step": best.step,
                          "model": cfg.as_dict()})
     write_text(LOSSES, losses_csv(trainer.history))
     write_text(HISTORY, history_csv(trainer.history))
     write_loss_curve(trainer.history, CURVE, f"{cfg.kind}: {count_params(trainer.model):,} params")
     write_json(RUN_REF, {"run_id": run_id, "experiment": p.mlflow.experiment})
+    tracker.log_best_val(run_id, best.val_loss, best.step)
     tracker.log_artifact(run_id, CURVE, "plots")
     tracker.log_artifact(run_id, HISTORY, "history")
     tracker.log_artifact(run_id, TOKENIZER, "tokenizer")
