@@ -21,16 +21,19 @@ from .lineage import repo_root
 
 _LOCK_RETRIES = 20
 
-# MLflow 3 opens an experiment in its GenAI view unless this tag names another
-# kind; "custom_model_development" is the value its UI's kind selector writes for
-# machine-learning (model training) experiments (mlflow 3.17.2's ExperimentKind enum).
+# The experiment's kind: "custom_model_development" is the value MLflow 3's UI writes
+# for a machine-learning (model training) experiment (its ExperimentKind enum). MLflow
+# 3.17.2's UI picks the view from its GenAI / Model training switch instead (remembered
+# by the browser, or `?workflowType=machine_learning` in the URL); the tag still
+# labels the experiment for the UIs and tools that read it.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_EXPERIMENT_KIND = "custom_model_development"
 # The DVC experiment a run was trained in (`dvc exp run -n NAME`); `gptpipe runs` shows it.
 DVC_EXPERIMENT_TAG = "gptpipe.dvc_experiment"
-# MLflow keeps at most this many characters of a dataset digest (MAX_DATASET_DIGEST_SIZE);
-# the full sha256 goes in the dataset's profile.
-_DATASET_DIGEST_CHARS = 36
+# A dataset's digest is its sha256's first 12 hex digits, as git abbreviates commits:
+# MLflow caps digests at 36 characters and its Datasets column cuts long ones off.
+# The whole sha256 is in the dataset's profile (and in the run's data.sha256.* tags).
+_DATASET_DIGEST_CHARS = 12
 
 
 def tracking_uri() -> str:
