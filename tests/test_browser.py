@@ -232,7 +232,7 @@ def test_run_page_shows_logged_model_registered_version_and_datasets(request, tm
     page = f"{server.url}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
     browser.get(page)
     _wait_for_text(browser, "run-page", "Logged models (1)", "Registered models",
-                   "Datasets", f"train ({digests['train']})", "Training", "+2",
+                   "Datasets", f"train ({digests['train']})", "+2",
                    "Created by", tags["mlflow.user"], "Source", "train.py", commit[:7],
                    what="run page")
     text = _text(browser)
@@ -252,8 +252,8 @@ def test_run_page_shows_logged_model_registered_version_and_datasets(request, tm
                    if e.text.strip() == "Datasets")
     browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", heading)
     more[0].click()
-    _wait_for_text(browser, f"val ({digests['val']})", "Validation",
-                   f"corpus ({digests['corpus']})", what="the run's datasets")
+    _wait_for_text(browser, f"val ({digests['val']})", f"corpus ({digests['corpus']})",
+                   what="the run's datasets")
     _save_screenshot(browser, tmp_path, "run-page.png")
 
     # The System metrics tab: CPU and memory charts.
