@@ -27,12 +27,13 @@ def fetch_runs(experiment: str) -> pd.DataFrame:
     """mlflow.search_runs of one experiment (the tracking URI is set by Tracker)."""
     import mlflow
 
-    from .tracking import _retry_locked
+    from .tracking import _retry_locked, redact_uri
 
     exp = _retry_locked(mlflow.get_experiment_by_name, experiment)
     if exp is None:
         names = sorted(e.name for e in _retry_locked(mlflow.search_experiments))
-        raise UserError(f"experiment '{experiment}' not found in {mlflow.get_tracking_uri()} "
+        raise UserError(f"experiment '{experiment}' not found in "
+                        f"{redact_uri(mlflow.get_tracking_uri())} "
                         f"(experiments: {', '.join(names) or 'none'})")
     return _retry_locked(mlflow.search_runs, experiment_ids=[exp.experiment_id],
                          output_format="pandas", order_by=["attributes.start_time DESC"])
@@ -65,8 +66,8 @@ def runs_table(runs: pd.DataFrame, versions: dict[str, int] | None = None,
     Params come from `params.<key>`, or the `current.<key>` tag where a stage reran
     into the run with a new value. Only params whose values differ between the rows
     are kept, unless `all_params`. Metrics are all but the `system/*` and per-step
-    ones, or those matching one of `metric_patterns` (fnmatch: `val.*`). `sort` names a column (a metric, a param or one of
-    FIRST_COLUMNS); missing values go last."""
+    ones, or those matching one of `metric_patterns` (fnmatch: `val.*`). `sort` names
+    a column (a metric, a param or one of FIRST_COLUMNS); missing values go last."""
     versions = versions or {}
     table = pd.DataFrame(index=pd.Index(runs.get("run_id", pd.Series(dtype=str)), name="run_id"))
     table["run"] = _column(runs, "tags.mlflow.runName")

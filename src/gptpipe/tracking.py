@@ -221,9 +221,9 @@ class Tracker:
         """CPU, memory, disk and network use as `system/*` metrics (the run page's
         System metrics tab) while the block runs, from MLflow's monitor thread (psutil).
 
-        It samples every 10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides), so it
-        costs training nothing measurable, and continues the step count of an interrupted
-        attempt of the same run."""
+        Its thread wakes every 10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides) for
+        one psutil sample and one small MLflow write, so training barely notices it. It
+        continues the step count of an interrupted attempt of the same run."""
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=self.uri)
@@ -310,7 +310,8 @@ def _local_source(path: str):
 
 def array_dataset(name: str, path: Path, sha256: str):
     """A token array as an MLflow dataset entity: its dtype and shape (from the .npy
-    header of a memory map: nothing is read or copied) and its sha256 as the digest."""
+    header of a memory map: nothing is read or copied), its abbreviated sha256 as the
+    digest and the whole one in the profile."""
     import mlflow.data
     import numpy as np
     from mlflow.entities import Dataset
@@ -325,7 +326,8 @@ def array_dataset(name: str, path: Path, sha256: str):
 
 def corpus_dataset(download_report: Path):
     """The raw corpus as an MLflow dataset entity, from the download stage's report:
-    its (redacted) source, its sha256 as the digest, its size and file count."""
+    its (redacted) source, its abbreviated sha256 as the digest, and in the profile the
+    whole sha256, its size and file count."""
     from mlflow.data.http_dataset_source import HTTPDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import Dataset
