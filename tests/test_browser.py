@@ -97,6 +97,27 @@ def _wait_for(driver, css: str, what: str, count: int = 1):
                              f"{driver.current_url}") from None
 
 
+def _scroll_to_metric_link(driver, metric: str):
+    """The compare view's link to `metric`'s chart. Its metrics table renders the rows
+    in view only (the system/* metrics come first): scroll down until it shows."""
+    import time
+
+    from selenium.webdriver.common.by import By
+
+    css = f"a[href*='metric=%22{metric}%22']"
+    _wait_for(driver, "a[href*='metric=%22']", "the compare view's metric links")
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        if found:
+            return found[0]
+        links = driver.find_elements(By.CSS_SELECTOR, "a[href*='metric=%22']")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", links[-1])
+        time.sleep(0.5)
+    raise AssertionError(f"{metric} link: not in the compare view's metrics table after "
+                         f"{WAIT_S} s of scrolling at {driver.current_url}")
+
+
 def _log_two_runs(tmp_path: Path, server_url: str) -> tuple[Path, list[str]]:
     """The real pipeline, twice, as experiments differing in train.lr only."""
     project = make_project(tmp_path / "proj", corpus=tiny_text())
@@ -161,7 +182,7 @@ def test_compare_view_shows_both_runs_their_val_loss_and_samples(request, tmp_pa
     _save_screenshot(browser, tmp_path, "compare-runs.png")
 
     # 2. The compare view's val_loss link: both runs' history on one chart.
-    link = _wait_for(browser, "a[href*='metric=%22val_loss%22']", "val_loss link")[0]
+    link = _scroll_to_metric_link(browser, "val_loss")
     browser.get(link.get_attribute("href"))
     _wait_for_text(browser, *(f"{n} (val_loss)" for n in names), "(step=30)",
                    what="val_loss chart")
