@@ -227,6 +227,7 @@ class Tracker:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=self.uri)
+        monitor.mlflow_logger.client = _WaitsForTheStore(monitor.mlflow_logger.client)
         monitor.start()
         try:
             yield
@@ -237,7 +238,7 @@ class Tracker:
             with contextlib.suppress(Exception):  # never fail a finished train over it
                 monitor.collect_metrics()
                 monitor.publish_metrics(monitor.aggregate_metrics())
-                _retry_locked(monitor.mlflow_logger.flush)
+                monitor.mlflow_logger.flush()
 
     def log_best_val(self, run_id: str, loss: float, step: int) -> None:
         """`best_val_loss` (logged at its step) and `best_val_step`, beside the last
@@ -272,6 +273,20 @@ def read_run_ref(path: Path) -> dict:
 
 
 _DATASET_CONTEXTS = {"train": "training", "val": "validation"}
+
+
+class _WaitsForTheStore:
+    """An MlflowClient whose log_batch waits its turn on a busy sqlite store, as every
+    other write here does (the system metrics thread writes beside the stage's own)."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def log_batch(self, *args, **kwargs):
+        return _retry_locked(self._client.log_batch, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
 
 
 def source_tags(tags: dict) -> dict:
