@@ -51,6 +51,7 @@ def _make_store(uri: str) -> dict:
                                                   run_id=ids[name]).version
                 for name in ("lr-1e-3", "lr-3e-3")}
     client.set_registered_model_alias("gptpipe", "champion", versions["lr-3e-3"])
+    tracker.experiment_id("empty")  # an experiment with no run yet
     return {"ids": ids, "versions": versions}
 
 
@@ -188,3 +189,9 @@ def test_no_store_yet_is_one_line(tmp_path):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("gptpipe: error: no MLflow store at sqlite:///")
     assert result.stderr.count("\n") == 1 and not Path(tmp_path / "mlflow.db").exists()
+
+
+def test_an_experiment_without_runs_says_so(store):
+    result = _runs(store, "--experiment", "empty")
+    assert result.stdout == ""
+    assert result.stderr.startswith("gptpipe: no runs in experiment 'empty' at sqlite:///")
