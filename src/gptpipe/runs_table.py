@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .registry import CHAMPION
 from .tracking import DVC_EXPERIMENT_TAG
 
-CHAMPION_ALIAS = "champion"
 DEFAULT_SORT = "val.bits_per_char"
 # Logged at every step: their last value says little about a run.
 PER_STEP_METRICS = ("batch_loss", "lr")
@@ -51,7 +51,7 @@ def fetch_versions(client, model_name: str) -> tuple[dict[str, int], str | None]
     except Exception:  # noqa: BLE001 - no registry in this store: no versions
         return {}, None
     try:
-        champion = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS).run_id
+        champion = client.get_model_version_by_alias(model_name, CHAMPION).run_id
     except Exception:  # noqa: BLE001 - MlflowException: no such model or alias
         champion = None
     return versions, champion
