@@ -2,9 +2,10 @@
 
 Every key has a type and a rule. An unknown key names the nearest valid one;
 a wrong value names the key and what is wrong. A key with a fixed set of values
-has a `Literal` type: its choices live there, once, for the check and the message
-(params.yaml lists them in a comment; tests/test_params.py binds the two). Floats are parsed robustly,
-because PyYAML (YAML 1.1) reads `2e-5` as a string while DVC reads a float.
+has a `Literal` type: its choices live there, once, for the check and the
+message (params.yaml lists them in a comment; tests/test_params.py binds the
+two, and the defaults). Floats are parsed robustly, because PyYAML (YAML 1.1)
+reads `2e-5` as a string while DVC reads a float.
 """
 from __future__ import annotations
 
