@@ -30,7 +30,10 @@ def find_corpus(dest: Path) -> Path | None:
     tinyshakespeare URL) fetched into `dest` and checked against their sha256."""
     if os.environ.get("GPTPIPE_TINYSHAKESPEARE"):
         local = Path(os.environ["GPTPIPE_TINYSHAKESPEARE"])
-        return local.resolve() if local.is_file() else None
+        if not local.is_file():
+            print(f"  tinyshakespeare: GPTPIPE_TINYSHAKESPEARE={local}: no such file", flush=True)
+            return None
+        return local.resolve()
     if not dest.is_dir():
         from gptpipe.errors import UserError
         from gptpipe.sources import fetch
