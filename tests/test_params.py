@@ -97,7 +97,8 @@ def test_params_yaml_matches_the_dataclasses():
 def test_every_choice_key_is_a_literal_the_check_uses():
     assert choice_keys() == {
         "clean.on_invalid_utf8": ("error", "replace"),
-        "tokenizer.kind": ("char", "bpe", "tiktoken"),
+        "tokenizer.kind": ("char", "bpe", "tiktoken", "from_model"),
+        "tokenizer.unknown_chars": ("error", "drop", "replace"),
         "model.kind": ("gpt", "bigram", "modern"),
         "train.device": ("auto", "cpu", "cuda", "mps"),
         "train.autocast": ("auto", "bf16", "off"),
