@@ -109,7 +109,8 @@ echo "==> base for the diffs: $base_desc; HEAD: $head_sha"
 # ---- the corpus ---------------------------------------------------------------
 # The remote: the default one, else the first listed. Its URL without a password.
 has_remote=0
-remote_name="$(dvc remote default 2>/dev/null || true)"
+remote_name=""
+if default_remote="$(dvc remote default 2>/dev/null)"; then remote_name="$default_remote"; fi
 if [[ -z "$remote_name" ]]; then
   remote_name="$(dvc remote list 2>/dev/null | awk 'NR == 1 {print $1}')"
 fi
@@ -235,19 +236,19 @@ else
   tracking_desc="mlflow.db (sqlite; no MLFLOW_TRACKING_URI)"
 fi
 
-# The MLflow runs this job made (train ran: reports/mlflow_run.json is new)
+# The MLflow run this job made (reports/mlflow_run.json differs from the base's)
 # next to the base's champion.
+run_id_of() { python -c 'import json, sys; print(json.load(sys.stdin)["run_id"])' 2>/dev/null; }
 runs_md() {
   local base_run="" new_run=""
   if [[ -n "$base" ]]; then
-    base_run="$(git show "$base:reports/mlflow_run.json" 2>/dev/null \
-                | python -c 'import json,sys; print(json.load(sys.stdin)["run_id"])' 2>/dev/null || true)"
+    base_run="$(git show "$base:reports/mlflow_run.json" 2>/dev/null | run_id_of || true)"
   fi
-  if [[ -f reports/mlflow_run.json ]] && grep -qw train <<<"$ran"; then
-    new_run="$(python -c 'import json; print(json.load(open("reports/mlflow_run.json"))["run_id"])')"
+  if [[ -f reports/mlflow_run.json ]]; then
+    new_run="$(run_id_of <reports/mlflow_run.json || true)"
   fi
-  if [[ -z "$new_run" ]]; then
-    echo "_No new MLflow run: train did not run._"
+  if [[ -z "$new_run" || "$new_run" == "$base_run" ]]; then
+    echo "_No new MLflow run: the model is the base's._"
     return
   fi
   # HOOK (issue 11): the `gptpipe runs --markdown` table of $new_run next to the
