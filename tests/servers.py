@@ -120,7 +120,8 @@ class PostgresCluster:
         self.data = self.root / "data"
         self.log = self.root / "postgres.log"
         self.port = free_port()
-        self.url = f"postgresql://{self.USER}@127.0.0.1:{self.port}/mlflow"
+        # +psycopg2: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg (3)
+        self.url = f"postgresql+psycopg2://{self.USER}@127.0.0.1:{self.port}/mlflow"
         self._as_user: list[str] = []
         if os.geteuid() == 0:  # postgres refuses to run as root
             account = pwd.getpwnam("postgres")
