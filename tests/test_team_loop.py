@@ -155,3 +155,66 @@ def test_ci_retrains_pushes_and_a_teammate_pulls_the_same_model(team, tmp_path):
 
     # HOOK (issue 11): `gptpipe sample --model models:/gptpipe@champion`, run
     # where there is no model file, is answered from the server's registry.
+
+
+STEP_LINE = re.compile(r"^step +(\d+):", re.M)
+
+
+@pytest.mark.slow
+def test_tracking_server_down_mid_training_then_back_resumes_the_same_run(team, tmp_path):
+    project = make_project(tmp_path / "proj", corpus=tiny_text(20_000),
+                           overrides={"train": {"max_iters": 300, "eval_interval": 10,
+                                                "checkpoint_interval": 10,
+                                                "eval_batches": 1}})
+    # MLflow's own HTTP retries (minutes, by default) cut short for the test.
+    env = team_env(project, team, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+                   MLFLOW_HTTP_REQUEST_TIMEOUT="10", PYTHONUNBUFFERED="1")
+    run(["dvc", "repro", "split"], project, env=env)
+
+    # Train; once step 10 is logged, freeze it, stop the server, let it go on.
+    proc = subprocess.Popen(["python", "stages/train.py"], cwd=project, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        while not any(int(m.group(1)) >= 10 for m in STEP_LINE.finditer("".join(lines))):
+            assert proc.poll() is None, "".join(lines) + proc.stderr.read()
+            reader.join(timeout=0.05)
+        proc.send_signal(signal.SIGSTOP)
+        team.mlflow.stop()
+        proc.send_signal(signal.SIGCONT)
+        stderr = proc.communicate(timeout=300)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if team.mlflow.proc is None:
+            team.mlflow.start()  # the other tests' server, back whatever happened
+    reader.join(timeout=10)
+    stdout = "".join(lines)
+    assert proc.returncode != 0, stdout
+    # one line (above it: only tqdm's progress bar)
+    assert stderr.strip().splitlines()[-1] == (
+        f"train: error: MLflow tracking server {team.mlflow.url} stopped answering "
+        "mid-stage; what was done is kept (a training checkpoint too): rerun `dvc repro` "
+        "once the server is back, it resumes the same run"), stderr
+    assert "Traceback" not in stderr and stderr.count("error") == 1, stderr
+    (checkpoint,) = (project / ".gptpipe" / "checkpoints").glob("*/checkpoint.pt")
+    from gptpipe import checkpoints
+
+    saved = checkpoints.load(checkpoint)
+    step, run_id = int(saved["trainer"]["step"]), saved["run_id"]
+    assert 10 <= step < 300 and f"MLflow run {run_id}" in stdout
+
+    # The server is back (started again in `finally`): dvc repro resumes the
+    # checkpoint into the same run, which ends FINISHED with one history.
+    result = run(["dvc", "repro", "train"], project, env=env)
+    assert f"train: resuming from step {step} " in result.stdout, result.stdout
+    assert run_id_of(project) == run_id
+    got = team.mlflow.get("/api/2.0/mlflow/runs/get", run_id=run_id)["run"]
+    assert got["info"]["status"] == "FINISHED"
+    history = team.mlflow.get("/api/2.0/mlflow/metrics/get-history", run_id=run_id,
+                              metric_key="val_loss")["metrics"]
+    assert sorted(m["step"] for m in history) == list(range(0, 301, 10))
+    assert not list((project / ".gptpipe" / "checkpoints").glob("*/checkpoint.pt"))
