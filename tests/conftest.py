@@ -2,16 +2,14 @@
 corpus, and a temp sqlite MLflow store. Nothing here mocks DVC, MLflow or torch."""
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from projects import ROOT, copy_pipeline, init_git_dvc, merge, project_env, write_params
+
 SHARED = ROOT.parent / "shared"
 TINYSHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
 BIN = Path(sys.executable).parent
@@ -41,21 +39,8 @@ def tiny_text(n_chars: int = 40_000) -> str:
     return text[:n_chars]
 
 
-def merge(base: dict, overrides: dict) -> dict:
-    out = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def env_for(project: Path, **extra: str) -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
-    env.pop("GPTPIPE_DEBUG", None)
+    env = project_env(BIN, project / "mlflow.db")
     env.update(extra)
     return env
 
@@ -71,36 +56,19 @@ def run(cmd: list[str] | str, cwd: Path, check: bool = True, env: dict | None = 
     return result
 
 
-def write_params(project: Path, overrides: dict) -> None:
-    params_file = project / "params.yaml"
-    current = yaml.safe_load(params_file.read_text())
-    params_file.write_text(yaml.safe_dump(merge(current, overrides), sort_keys=False))
-
-
 def make_project(dest: Path, overrides: dict | None = None, corpus: str | None = None,
                  tiny: bool = True) -> Path:
     """A fresh gptpipe project in `dest`: the repo's pipeline files, git, DVC.
 
     With `corpus`, data.source points at a file holding that text."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy2(ROOT / name, dest / name)
-    for folder in ("stages", "src", "corpus"):
-        shutil.copytree(ROOT / folder, dest / folder,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    copy_pipeline(dest)
     merged = merge(TINY_PARAMS, overrides or {}) if tiny else (overrides or {})
     if corpus is not None:
         corpus_file = dest / "corpus" / "corpus.txt"
         corpus_file.write_text(corpus, encoding="utf-8")
         merged = merge({"data": {"source": "corpus/corpus.txt"}}, merged)
     write_params(dest, merged)
-    run(["git", "init", "-q"], dest)
-    run(["git", "config", "user.email", "test@gptpipe.local"], dest)
-    run(["git", "config", "user.name", "gptpipe test"], dest)
-    run(["dvc", "init", "-q"], dest)
-    run(["dvc", "config", "core.analytics", "false"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "commit", "-q", "-m", "init"], dest)
+    init_git_dvc(lambda cmd: run(cmd, dest))
     return dest
 
 

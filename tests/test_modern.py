@@ -16,7 +16,8 @@ from gptpipe.model import ModelConfig, build
 from gptpipe.params import TrainParams
 from gptpipe.sampling import generate
 from gptpipe.tokenizers import CharTokenizer
-from gptpipe.training import Muon, OptimizerChain, Trainer
+from gptpipe.optim import Muon, OptimizerChain
+from gptpipe.training import Trainer
 
 torch.set_num_threads(1)
 

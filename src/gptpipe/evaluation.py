@@ -22,7 +22,7 @@ from .model import loss_fn
 def total_nats(model: nn.Module, data: np.ndarray, batch_size: int,
                device: torch.device, amp=None) -> tuple[float, int]:
     """Sum of -log p(target) over every target of `data`, and how many targets."""
-    from .training import autocast
+    from .devices import autocast
 
     model.eval()
     block = model.cfg.block_size

@@ -15,21 +15,19 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from .params import ModelParams
+
 
 @dataclass(frozen=True)
-class ModelConfig:
-    kind: str = "gpt"
+class ModelConfig(ModelParams):
+    """The model params (their fields and defaults) and the tokenizer's vocab size:
+    what a model file records to rebuild the model."""
     vocab_size: int = 65
-    block_size: int = 64
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = True
-    tie_weights: bool = False
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        fields = dataclasses.asdict(self)
+        # the key order model files have always had
+        return {key: fields.pop(key) for key in ("kind", "vocab_size", "block_size")} | fields
 
 
 class KVCache:
@@ -69,11 +67,11 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        past = 0
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               cache: KVCache | None) -> torch.Tensor:
+        """Attention of the T new queries (B, nh, T, hs) over the cached prefix and
+        themselves; the new keys and values join the cache."""
+        T, past = q.size(2), 0
         if cache is not None:
             past = cache.length
             k, v = cache.append(self.layer, k, v)
@@ -82,9 +80,15 @@ class CausalSelfAttention(nn.Module):
         elif T == 1:
             mask, causal = None, False  # one new token may look at everything before it
         else:  # several new tokens after a cached prefix
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(past)
             causal = False
-        y = _attention(q, k, v, mask, causal, self.dropout if self.training else 0.0)
+        return _attention(q, k, v, mask, causal, self.dropout if self.training else 0.0)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = self.attend(q, k, v, cache)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -211,13 +215,8 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
-class ModernAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int):
-        super().__init__()
-        self.layer, self.n_head, self.dropout = layer, cfg.n_head, cfg.dropout
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+class ModernAttention(CausalSelfAttention):
+    """The same layers and cache; QK-norm and rotary positions on q and k."""
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None = None) -> torch.Tensor:
@@ -225,23 +224,12 @@ class ModernAttention(nn.Module):
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).unbind(2)
         q, k = _rotate(_rms(q), cos, sin), _rotate(_rms(k), cos, sin)  # QK-norm, then RoPE
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        past = 0
-        if cache is not None:
-            past = cache.length
-            k, v = cache.append(self.layer, k, v)
-        mask, causal = None, past == 0
-        if past and T > 1:  # several new tokens after a cached prefix
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
-        y = _attention(q, k, v, mask, causal, self.dropout if self.training else 0.0)
+        y = self.attend(q, k, v, cache)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
 
 
-class ModernMLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
+class ModernMLP(MLP):
+    """The same layers, with relu² in place of GELU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(F.relu(self.c_fc(x)).square()))

@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, get_type_hints
+from typing import Any, Callable, Optional, get_type_hints
 
 import yaml
 
@@ -183,19 +183,29 @@ def _suggest(name: str, valid: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(valid)})"
 
 
-def _build_section(cls: type, name: str, raw: Any) -> Any:
+def _build(cls: type, raw: Any, not_a_mapping: Callable[[], str],
+           unknown: Callable[[str], str], build: Callable[[str, Any, Any], Any]) -> Any:
+    """`cls` from the mapping `raw` (None: all defaults): each key must be a field
+    of `cls` (else the error names the nearest one) and is built by `build(key,
+    value, its type)`."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"params: {name}: expected a mapping of keys, got {raw!r}")
+        raise UserError(not_a_mapping())
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     values = {}
     for key, value in raw.items():
         if key not in hints:
-            raise UserError(f"params: unknown key '{name}.{key}'{_suggest(str(key), names)}")
-        values[key] = _coerce(f"{name}.{key}", value, hints[key])
+            raise UserError(unknown(key) + _suggest(str(key), names))
+        values[key] = build(key, value, hints[key])
     return cls(**values)
+
+
+def _build_section(cls: type, name: str, raw: Any) -> Any:
+    return _build(cls, raw, lambda: f"params: {name}: expected a mapping of keys, got {raw!r}",
+                  lambda key: f"params: unknown key '{name}.{key}'",
+                  lambda key, value, hint: _coerce(f"{name}.{key}", value, hint))
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -269,18 +279,11 @@ def validate(p: Params) -> Params:
 
 
 def from_dict(raw: Any, source: str = PARAMS_FILE) -> Params:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
-    hints = get_type_hints(Params)
-    sections = [f.name for f in dataclasses.fields(Params)]
-    built = {}
-    for name, value in raw.items():
-        if name not in hints:
-            raise UserError(f"params: unknown section '{name}'{_suggest(str(name), sections)}")
-        built[name] = _build_section(hints[name], name, value)
-    return validate(Params(**built))
+    return validate(_build(
+        Params, raw,
+        lambda: f"{source}: expected a mapping of sections, got {type(raw).__name__}",
+        lambda name: f"params: unknown section '{name}'",
+        lambda name, value, section: _build_section(section, name, value)))
 
 
 def load(path: str | Path = PARAMS_FILE) -> Params:

@@ -1,0 +1,1 @@
+"""gptpipe's benchmarks, one module per section; benchmarks/run.py runs them."""

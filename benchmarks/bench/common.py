@@ -1,0 +1,137 @@
+"""What every section shares: the reference figures, the presets, the
+benchmark context (its rows and measurements), ratios and goals, the machine."""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import math
+import os
+import platform
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .measure import Measured, Project
+
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = ROOT / "benchmarks"
+BASELINE_PRESET = HERE / "nanogpt_baby.yaml"
+RECIPE_PRESET = HERE / "tinyshakespeare.yaml"
+SHARED_CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+TARGET_VAL = 1.8857       # nanoGPT baby GPT's final val loss (shared/REFERENCE.md)
+REF_SECONDS = 106.0       # the same run's wall time on this kind of machine
+REF_TOKENS_S = 16_400     # its median training throughput
+REF_NOOP_S = 0.77         # no-op `dvc repro` of a 7-stage chain
+MIN_EVAL_TOKENS = 20 * 12 * 64  # eval_batches * batch_size * block_size of the reference
+SECTIONS = ("peak", "throughput", "sampling", "stages", "loss", "dvc", "evaluate",
+            "tokenizers")
+STAGE_SCRIPTS = {"download": "download.py", "clean": "clean.py", "tokenize": "tokenize_text.py",
+                 "split": "split.py", "train": "train.py", "evaluate": "evaluate.py",
+                 "sample": "sample.py"}
+DATA_STAGES = ("download", "clean", "tokenize", "split")
+
+# Tiny settings for --quick and for the stage runs that only need the pipeline
+# to go through (their train/evaluate/sample rows measure start-up and memory).
+TINY = {"model": {"kind": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32},
+        "train": {"batch_size": 8, "max_iters": 20, "eval_interval": 10, "eval_batches": 2,
+                  "checkpoint_interval": 10, "warmup_iters": 5},
+        "evaluate": {"batch_size": 1024},
+        "sample": {"prompts": ["\n"], "num_samples": 1, "max_new_tokens": 40},
+        "mlflow": {"log_model": False}}
+
+
+# -- the table -------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    section: str
+    name: str
+    result: str
+    baseline: str = ""
+    ratio: str = ""
+    goal: str = ""
+
+
+@dataclass
+class Context:
+    quick: bool
+    tmp: Path
+    python: str = sys.executable
+    rows: list[Row] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    peak_fp32: float | None = None       # GFLOP/s, measured in this command
+    corpus: Path | None = None           # tinyshakespeare, when available
+    eval_model: Path | None = None       # a trained model.pt (the baseline's if run)
+    bare: Measured | None = None         # `python -c pass`
+    imports: Measured | None = None      # `python -c "import torch, mlflow"`
+    shakes: "Project | None" = None      # the tinyshakespeare project
+    dvc_project: "Project | None" = None
+
+    took: dict = field(default_factory=dict)  # seconds per section
+    repeats: int = 1                          # runs of each config in the loss section
+
+    def judge(self, text: str, met: bool | None) -> str:
+        return f"{text}: judged in the full run" if self.quick else goal(text, met)
+
+    def add(self, *args, **kwargs) -> None:
+        row = Row(*args, **kwargs)
+        self.rows.append(row)
+        print(f"  {row.name}: {row.result}" + (f"  [{row.ratio}]" if row.ratio else ""),
+              flush=True)
+
+
+def ratio(x: float | None, base: float | None, digits: int = 2) -> str:
+    if x is None or base is None or base == 0 or not math.isfinite(x) or not math.isfinite(base):
+        return "n/a"
+    return f"{x / base:.{digits}f}x"
+
+
+def goal(text: str, met: bool | None) -> str:
+    if met is None:
+        return f"{text}: n/a"
+    return f"{text}: {'met' if met else 'NOT met'}"
+
+
+def median(values) -> float:
+    return float(statistics.median(values))
+
+
+# -- the machine -----------------------------------------------------------------------
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    flags = ""
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text()
+        found = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in text]
+        flags = ", ".join(found)
+    return {"cpu": cpu, "flags": flags, "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(),
+            "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+            "load": _load()}
+
+
+def _load() -> str:
+    with contextlib.suppress(OSError, AttributeError):
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    return "n/a"
+
+
+# In --quick the runs keep their code paths but shrink to a few steps of a tiny model.
+QUICK_TRAIN = {"model": {"n_layer": 1, "n_head": 2, "n_embd": 32},
+               "train": {"max_iters": 20, "eval_interval": 10, "checkpoint_interval": 10,
+                         "eval_batches": 2},
+               "evaluate": {"batch_size": 1024}, "sample": {"max_new_tokens": 40}}

@@ -1,0 +1,64 @@
+"""dvc: a no-op `dvc repro` of gptpipe's pipeline vs a plain 7-stage chain."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import yaml
+
+from .common import QUICK_TRAIN, RECIPE_PRESET, REF_NOOP_S, Context, median, ratio
+from .measure import Project, dvc_bin, git_dvc_init, load_yaml
+from .stages import _stage_row
+
+
+def _chain_project(path: Path, ctx: Context) -> Project:
+    """A plain DVC pipeline: seven trivial stages, each copying the previous file."""
+    path.mkdir(parents=True)
+    proj = Project(path, ctx, None, copy=False)
+    (path / "s0.txt").write_text("hello\n")
+    stages = {f"s{i}": {"cmd": f"cp s{i - 1}.txt s{i}.txt", "deps": [f"s{i - 1}.txt"],
+                        "outs": [f"s{i}.txt"]} for i in range(1, 8)}
+    (path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    git_dvc_init(proj)
+    proj.run([dvc_bin(ctx.python), "repro", "-q"])
+    return proj
+
+
+def bench_dvc(ctx: Context) -> None:
+    """evaluate and sample on tinyshakespeare (the last model trained), then `dvc
+    commit` records the seven stages and a no-op `dvc repro` is timed against a
+    plain chain's; the same for the embedded corpus's project when all its
+    stages ran."""
+    projects = {}
+    if ctx.shakes is not None:
+        proj = ctx.shakes
+        if not (proj.path / "models" / "model.pt").exists():  # --only dvc
+            proj.set_params(load_yaml(RECIPE_PRESET), {"data": {"source": str(ctx.corpus)}},
+                            QUICK_TRAIN)
+            proj.stage("train", "for-dvc")
+        for name in ("evaluate", "sample"):
+            _stage_row(ctx, "tinyshakespeare", name, proj.stage(name), ", the last model trained")
+        projects["tinyshakespeare"] = proj
+    emb = ctx.dvc_project
+    if emb is not None and (emb.path / "reports" / "samples.json").exists():
+        projects["embedded corpus"] = emb
+    if not projects:
+        raise RuntimeError("needs the stages section")
+    dvc = dvc_bin(ctx.python)
+    for proj in projects.values():
+        proj.run([dvc, "commit", "-f", "-q"])  # record the stages just run in dvc.lock
+    chain = _chain_project(ctx.tmp / "chain", ctx)
+    times: dict[str, list[float]] = {label: [] for label in [*projects, "chain"]}
+    for _ in range(2 if ctx.quick else 5):  # interleaved
+        for label, p in [*projects.items(), ("chain", chain)]:
+            start = time.perf_counter()
+            out = p.run([dvc, "repro"])
+            times[label].append(time.perf_counter() - start)
+            if "up to date" not in out.stdout:
+                raise RuntimeError(f"`dvc repro` in {p.path} was not a no-op:\n{out.stdout}")
+    plain = median(times["chain"])
+    for label in projects:
+        ours = median(times[label])
+        ctx.add("dvc", f"no-op `dvc repro`, gptpipe's 7 stages ({label})", f"{ours:.2f} s",
+                f"plain 7-stage chain {plain:.2f} s (reference {REF_NOOP_S} s)",
+                ratio(ours, plain), ctx.judge("<= 1.5x", ours / plain <= 1.5))

@@ -1,0 +1,37 @@
+"""peak: fp32 and bf16 2048x2048 matmul GFLOP/s, the MFU denominator."""
+from __future__ import annotations
+
+import time
+
+from .common import Context, ratio
+
+
+def matmul_gflops(n: int = 2048, reps: int = 10) -> dict[str, float]:
+    import torch
+
+    mats = {dtype: (torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype))
+            for dtype in (torch.float32, torch.bfloat16)}
+    times: dict = {dtype: [] for dtype in mats}
+    for dtype, (a, b) in mats.items():
+        for _ in range(2):
+            a @ b
+    for _ in range(reps):  # interleaved
+        for dtype, (a, b) in mats.items():
+            start = time.perf_counter()
+            a @ b
+            times[dtype].append(time.perf_counter() - start)
+    # a peak: the best repetition (the median would count the other users' load)
+    return {str(dtype).replace("torch.", ""): 2 * n**3 / min(t) / 1e9
+            for dtype, t in times.items()}
+
+
+def bench_peak(ctx: Context) -> None:
+    peaks = matmul_gflops(reps=4 if ctx.quick else 12)
+    ctx.peak_fp32 = peaks["float32"]
+    ctx.add("peak", "fp32 matmul 2048² (torch), best of the repetitions",
+            f"{peaks['float32']:.0f} GFLOP/s",
+            "REFERENCE.md's ≈ 175 GFLOP/s (another day, not this command)",
+            ratio(peaks["float32"], 175.0))
+    ctx.add("peak", "bf16 matmul 2048² (torch), best of the repetitions",
+            f"{peaks['bfloat16']:.0f} GFLOP/s",
+            f"fp32 {peaks['float32']:.0f} GFLOP/s", ratio(peaks["bfloat16"], peaks["float32"]))

@@ -1,0 +1,70 @@
+"""stages: seconds and peak RSS of each stage, on the embedded corpus and on
+tinyshakespeare (whose project the loss and dvc sections go on with)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .common import (BASELINE_PRESET, DATA_STAGES, RECIPE_PRESET, SHARED_CORPUS, STAGE_SCRIPTS,
+                     TINY, Context, ratio)
+from .measure import Measured, Project, git_dvc_init, load_yaml, run_measured
+
+
+def _find_corpus() -> Path | None:
+    preset = load_yaml(RECIPE_PRESET).get("data", {}).get("source", "")
+    for candidate in (os.environ.get("GPTPIPE_TINYSHAKESPEARE", ""), preset, SHARED_CORPUS):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate).resolve()
+    return None
+
+
+def _stage_row(ctx: Context, corpus: str, name: str, m: Measured, note: str = "") -> None:
+    """Data stages against a bare interpreter; torch stages against importing
+    torch and mlflow, the floor of their start-up."""
+    torch_stage = name in ("train", "evaluate", "sample")
+    base = ctx.imports if torch_stage else ctx.bare
+    what = "`python -c 'import torch, mlflow'`" if torch_stage else "bare `python -c pass`"
+    ctx.add("stages", f"stage {name} ({corpus}{note})",
+            f"{m.seconds:.2f} s, peak RSS {m.rss_mb:,.0f} MB",
+            f"{what} {base.seconds:.2f} s, {base.rss_mb:,.0f} MB",
+            ratio(m.seconds, base.seconds, 1))
+
+
+def bench_stages(ctx: Context) -> None:
+    """Every stage on the embedded corpus (--quick: the data stages), and the data
+    stages on tinyshakespeare, whose project the loss and dvc sections go on with."""
+    ctx.bare = run_measured([ctx.python, "-c", "pass"], ctx.tmp, dict(os.environ),
+                            ctx.tmp / "logs" / "bare.log")
+    ctx.imports = run_measured([ctx.python, "-c", "import torch, mlflow"], ctx.tmp,
+                               dict(os.environ), ctx.tmp / "logs" / "imports.log")
+    ctx.corpus = _find_corpus()
+    emb = Project(ctx.tmp / "embedded", ctx, ctx.tmp / "mlflow-embedded.db")
+    emb.set_params({"data": {"source": "shakespeare"}}, TINY if ctx.quick else {
+        "train": {"max_iters": 100, "eval_interval": 50, "checkpoint_interval": 100},
+        "mlflow": {"log_model": False}})
+    git_dvc_init(emb)
+    all_stages = not ctx.quick or ctx.corpus is None
+    notes = {"train": ", 20 steps of a tiny model" if ctx.quick else
+             ", default model, 100 steps", "evaluate": ", whole train and val splits",
+             "sample": ""}
+    for name in STAGE_SCRIPTS if all_stages else DATA_STAGES:
+        _stage_row(ctx, "embedded corpus", name, emb.stage(name), notes.get(name, ""))
+    if not all_stages:
+        ctx.add("stages", "stages train, evaluate, sample (embedded corpus)",
+                "skipped in --quick (see tinyshakespeare)")
+    split = json.loads((emb.path / "reports" / "split.json").read_text())
+    print(f"  (embedded corpus: {split['train_tokens']:,} train / {split['val_tokens']:,} "
+          "val tokens)", flush=True)
+    ctx.dvc_project = emb
+    if ctx.corpus is None:
+        for name in DATA_STAGES:
+            ctx.add("stages", f"stage {name} (tinyshakespeare)",
+                    "n/a: corpus not found (set GPTPIPE_TINYSHAKESPEARE)")
+        return
+    shakes = Project(ctx.tmp / "tinyshakespeare", ctx, ctx.tmp / "mlflow-tiny.db")
+    shakes.set_params(load_yaml(BASELINE_PRESET), {"data": {"source": str(ctx.corpus)}})
+    git_dvc_init(shakes)
+    for name in DATA_STAGES:
+        _stage_row(ctx, "tinyshakespeare", name, shakes.stage(name))
+    ctx.shakes = shakes

@@ -1,0 +1,179 @@
+"""One run of the train stage, resumable: the Trainer built from params, its
+checkpoint, and the metric rows it owes the tracker.
+
+- Resume: a checkpoint under .gptpipe/checkpoints/<hash of params, data and
+  world size>/ (where DVC never deletes it) continues exactly; one from other
+  params or data is refused.
+- Metrics reach the tracker only once the checkpoint covering them is on disk,
+  and the checkpoint keeps them too: a resumed run sends those the tracker lacks,
+  so its history continues without gaps or duplicates.
+- SIGTERM / Ctrl-C stop at a step boundary, after a checkpoint.
+
+Under DDP every rank trains; rank 0 alone has a tracker and writes files. The
+tracker is any object with log_metrics / log_missing_metrics (tracking.Tracker):
+no MLflow code here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import checkpoints, distributed
+from .devices import autocast_dtype, make_deterministic, pick_device
+from .distributed import World
+from .lineage import repo_root
+from .model import ModelConfig, build, count_params
+from .params import Params
+from .training import EvalRow, Trainer
+
+MetricRow = tuple[str, float, int]  # (key, value, step)
+
+
+def start_world(device_name: str) -> tuple[torch.device, World]:
+    """The device and, under torchrun, this process's rank (else a world of 1)."""
+    device = pick_device(device_name)
+    world = distributed.init(device)  # torchrun: one process per rank
+    return distributed.local_device(device, world), world
+
+
+def stop_on_signals() -> Callable[[], bool]:
+    """From now on SIGTERM and Ctrl-C only ask the loop to stop; the answer to
+    "was a stop asked for?"."""
+    received: list[int] = []
+
+    def request_stop(signum, frame) -> None:
+        received.append(signum)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return lambda: bool(received)
+
+
+@dataclass
+class TrainRun:
+    trainer: Trainer
+    config: ModelConfig
+    identity: dict
+    checkpoint: Path
+    tracker: object | None = None  # rank 0's; None on the other ranks
+    run_id: str | None = None
+    unlogged: list[MetricRow] = field(default_factory=list)  # a kill kept from the tracker
+    pending: list[MetricRow] = field(default_factory=list)  # evals since the last checkpoint
+
+    @classmethod
+    def build(cls, p: Params, device: torch.device, world: World, tracker,
+              vocab_size: int, train_data: np.ndarray, val_data: np.ndarray,
+              data_hashes: dict[str, str]) -> "TrainRun":
+        identity = {**p.flat(("model", "train")), "world_size": world.size,
+                    **{f"sha256.{k}": v for k, v in data_hashes.items()}}
+        ckpt_dir = repo_root() / ".gptpipe" / "checkpoints" / checkpoints.identity_key(identity)
+        if p.train.threads:
+            torch.set_num_threads(p.train.threads)
+        make_deterministic(p.train.seed)
+        cfg = ModelConfig(**dataclasses.asdict(p.model), vocab_size=vocab_size)
+        model = build(cfg).to(device)
+        amp = autocast_dtype(device, p.train.autocast)
+        ddp_model = None
+        if world.size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ddp_model = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        trainer = Trainer(model, train_data, val_data, p.train, device, amp,
+                          world=world, ddp_model=ddp_model)
+        return cls(trainer, cfg, identity, ckpt_dir / "checkpoint.pt", tracker)
+
+    @property
+    def world(self) -> World:
+        return self.trainer.world
+
+    @property
+    def params_key(self) -> str:
+        """The checkpoint folder's name: the hash of what identifies the run."""
+        return self.checkpoint.parent.name
+
+    def describe(self) -> str:
+        world, trainer = self.world, self.trainer
+        return (f"{self.config.kind}, {count_params(trainer.model):,} parameters, device "
+                f"{trainer.device}{', bf16 autocast' if trainer.amp_dtype else ''}"
+                f"{f', {world.size} processes' if world.size > 1 else ''}")
+
+    # -- resume ---------------------------------------------------------------
+    def resume(self) -> bool:
+        """Continue from this run's checkpoint, if one is on disk."""
+        if not self.checkpoint.exists():
+            return False
+        payload = checkpoints.load(self.checkpoint)
+        checkpoints.check_identity(self.checkpoint, payload["identity"], self.identity)
+        self.trainer.load_state_dict(payload["trainer"])
+        self.run_id = payload["run_id"]
+        if self.world.is_main:
+            print(f"train: resuming from step {self.trainer.step} ({self.checkpoint})",
+                  flush=True)
+            self.unlogged = payload.get("unlogged", [])
+        return True
+
+    def close(self) -> None:
+        """The run is done and its outputs written: leave the process group, and
+        drop the checkpoint (nothing to resume any more)."""
+        distributed.shutdown(self.world)
+        if self.world.is_main:
+            shutil.rmtree(self.checkpoint.parent, ignore_errors=True)
+
+    # -- the loop -------------------------------------------------------------
+    def train(self, should_stop: Callable[[], bool]) -> None:
+        """Train to max_iters (or a stop), then check every rank holds the same weights."""
+        from tqdm import tqdm
+
+        world, trainer = self.world, self.trainer
+        if world.is_main:  # the last checkpoint's rows a kill kept from the tracker
+            self.tracker.log_missing_metrics(self.run_id, self.unlogged)
+        with tqdm(total=trainer.tp.max_iters, initial=trainer.step, desc="train",
+                  mininterval=1.0, dynamic_ncols=True, disable=not world.is_main) as bar:
+            def on_eval(row: EvalRow) -> None:
+                self._buffer_eval(row)
+                if world.is_main:
+                    bar.write(f"step {row.step:>6}: train {row.train_loss:.4f}, "
+                              f"val {row.val_loss:.4f}")
+
+            def progress(step: int, loss: float, tokens_per_s: float) -> None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}",
+                                refresh=False)
+
+            trainer.run(on_eval, self._save_checkpoint, should_stop, progress)
+        digests = distributed.gather(distributed.weights_digest(trainer.model), world)
+        if world.is_main:
+            if len(set(digests)) != 1:
+                raise RuntimeError(f"ranks ended with different weights: {digests}")
+            if world.size > 1:
+                print(f"train: weights identical on all {world.size} ranks ({digests[0][:12]})")
+
+    def _buffer_eval(self, row: EvalRow) -> None:
+        self.pending.extend([("train_loss", row.train_loss, row.step),
+                             ("val_loss", row.val_loss, row.step)])
+        if row.step:
+            self.pending.append(("tokens_per_s", row.tokens_per_s, row.step))
+
+    def _save_checkpoint(self, trainer: Trainer) -> None:
+        state = trainer.state_dict()  # a collective under DDP: every rank takes part
+        if not self.world.is_main:
+            return
+        rows = self.pending + [(k, v, s) for s, lr, loss in trainer.batch_losses
+                               for k, v in (("batch_loss", loss), ("lr", lr))]
+        # The rows go in the checkpoint too: a kill between the save and the log
+        # would lose them; a resume logs those the tracker lacks.
+        checkpoints.save(self.checkpoint, {"format": checkpoints.CHECKPOINT_FORMAT,
+                                           "identity": self.identity, "run_id": self.run_id,
+                                           "trainer": state,
+                                           "unlogged": [list(r) for r in rows]})
+        self.tracker.log_metrics(self.run_id, rows)
+        self.pending.clear()
+        trainer.batch_losses.clear()
