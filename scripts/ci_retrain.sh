@@ -163,6 +163,15 @@ PY
 )"
 read -r source_kind source_param <<<"$source_info"
 
+# The champion before this job (its run id), for the report: evaluate may move it.
+champion_run() {
+  gptpipe runs --csv 2>/dev/null | python -c '
+import csv, sys
+print(next((r["run_id"] for r in csv.DictReader(sys.stdin) if r.get("champion") == "True"), ""))
+' 2>/dev/null || true
+}
+champion_before="$(champion_run)"
+
 # ---- retrain -----------------------------------------------------------------
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
@@ -237,12 +246,15 @@ else
 fi
 
 # The MLflow run this job made (reports/mlflow_run.json differs from the base's)
-# next to the base's champion.
+# next to the base's run and the champion before this job, as `gptpipe runs`
+# shows them (its champion column: the champion now).
 run_id_of() { python -c 'import json, sys; print(json.load(sys.stdin)["run_id"])' 2>/dev/null; }
 runs_md() {
-  local base_run="" new_run=""
+  local base_run="" new_run="" table
   if [[ -n "$base" ]]; then
-    base_run="$(git show "$base:reports/mlflow_run.json" 2>/dev/null | run_id_of || true)"
+    # a DVC output: from the local cache or the remote, as the base's dvc.lock records it
+    base_run="$(python -c 'import dvc.api, sys; print(dvc.api.read("reports/mlflow_run.json", rev=sys.argv[1]))' \
+                "$base" 2>/dev/null | run_id_of || true)"
   fi
   if [[ -f reports/mlflow_run.json ]]; then
     new_run="$(run_id_of <reports/mlflow_run.json || true)"
@@ -251,9 +263,14 @@ runs_md() {
     echo "_No new MLflow run: the model is the base's._"
     return
   fi
-  # HOOK (issue 11): the `gptpipe runs --markdown` table of $new_run next to the
-  # base's champion (models:/gptpipe@champion), once that command exists.
-  echo "- New run: \`$new_run\`${base_run:+; base run: \`$base_run\`}"
+  echo "New run \`$new_run\`; the base's run: \`${base_run:-none}\`; the champion before" \
+       "this job: \`${champion_before:-none}\`."
+  echo
+  if table="$(gptpipe runs --markdown --run-ids "$new_run,$base_run,$champion_before" 2>&1)"; then
+    printf '%s\n' "$table"
+  else
+    echo "_\`gptpipe runs\` failed: ${table//$'\n'/ }_"
+  fi
 }
 
 # The loss curves: the base's committed reports/train_losses.csv (when it has
