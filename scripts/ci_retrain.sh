@@ -266,7 +266,9 @@ runs_md() {
   echo "New run \`$new_run\`; the base's run: \`${base_run:-none}\`; the champion before" \
        "this job: \`${champion_before:-none}\`."
   echo
-  if table="$(gptpipe runs --markdown --run-ids "$new_run,$base_run,$champion_before" 2>&1)"; then
+  if ! gptpipe runs --help 2>/dev/null | grep -q -- --run-ids; then
+    echo "_This gptpipe has no \`gptpipe runs --run-ids\`: no runs table._"
+  elif table="$(gptpipe runs --markdown --run-ids "$new_run,$base_run,$champion_before" 2>&1)"; then
     printf '%s\n' "$table"
   else
     echo "_\`gptpipe runs\` failed: ${table//$'\n'/ }_"
