@@ -250,7 +250,7 @@ fi
 # shows them (its champion column: the champion now).
 run_id_of() { python -c 'import json, sys; print(json.load(sys.stdin)["run_id"])' 2>/dev/null; }
 runs_md() {
-  local base_run="" new_run="" table
+  local base_run="" new_run="" table runs_help
   if [[ -n "$base" ]]; then
     # a DVC output: from the local cache or the remote, as the base's dvc.lock records it
     base_run="$(python -c 'import dvc.api, sys; print(dvc.api.read("reports/mlflow_run.json", rev=sys.argv[1]))' \
@@ -266,7 +266,8 @@ runs_md() {
   echo "New run \`$new_run\`; the base's run: \`${base_run:-none}\`; the champion before" \
        "this job: \`${champion_before:-none}\`."
   echo
-  if ! gptpipe runs --help 2>/dev/null | grep -q -- --run-ids; then
+  runs_help="$(gptpipe runs --help 2>/dev/null || true)"
+  if ! grep -q -- --run-ids <<<"$runs_help"; then
     echo "_This gptpipe has no \`gptpipe runs --run-ids\`: no runs table._"
   elif table="$(gptpipe runs --markdown --run-ids "$new_run,$base_run,$champion_before" 2>&1)"; then
     printf '%s\n' "$table"
