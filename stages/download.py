@@ -4,14 +4,19 @@ from pathlib import Path
 from gptpipe import params
 from gptpipe.errors import run_main
 from gptpipe.files import atomic_dir, sha256_bytes, write_json
-from gptpipe.sources import fetch, redact, source_is_watched
+from gptpipe.sources import check_no_credentials, fetch, redact, source_is_watched
 
 RAW_DIR = Path("data/raw")
 REPORT = Path("reports/download.json")
 
 
+def plural(n: int, word: str, words: str = "") -> str:
+    return f"{n:,} {word if n == 1 else words or word + 's'}"
+
+
 def main() -> None:
     p = params.load().data
+    check_no_credentials(p.source)
     print(f"download: {redact(p.source)}", flush=True)
     if not source_is_watched(p.source):
         print(f"download: note: DVC does not watch {redact(p.source)}; after editing it, "
@@ -24,11 +29,16 @@ def main() -> None:
         "".join(f"{f['path']}\0{f['sha256']}\n" for f in result.files).encode())
     write_json(REPORT, {
         "source": redact(p.source), "kind": result.kind, "files": result.files,
-        "skipped": result.skipped, "bytes": sum(f["bytes"] for f in result.files),
+        "skipped": result.skipped, "aliases": result.aliases,
+        "duplicates": result.duplicates, "bytes": sum(f["bytes"] for f in result.files),
         "sha256": corpus_id,
     })
-    print(f"download: {len(result.files)} files, {sum(f['bytes'] for f in result.files):,} "
-          f"bytes -> {RAW_DIR}/" + (f" ({len(result.skipped)} skipped)" if result.skipped else ""))
+    notes = [plural(len(items), word, words) for items, word, words in (
+        (result.aliases, "alias", "aliases"), (result.duplicates, "duplicate", ""))
+        if items] + ([f"{len(result.skipped):,} skipped"] if result.skipped else [])
+    print(f"download: {plural(len(result.files), 'file')}, "
+          f"{sum(f['bytes'] for f in result.files):,} bytes -> {RAW_DIR}/"
+          + (f" ({', '.join(notes)})" if notes else ""))
 
 
 if __name__ == "__main__":

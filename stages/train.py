@@ -22,6 +22,7 @@ MODEL = Path("models/model.pt")
 SUMMARY, LOSSES = Path("reports/train.json"), Path("reports/train_losses.csv")
 HISTORY, CURVE = Path("reports/train_history.csv"), Path("reports/loss_curve.png")
 RUN_REF = Path("reports/mlflow_run.json")
+SPLIT_REPORT = Path("reports/split.json")
 
 
 def main() -> None:
@@ -55,7 +56,13 @@ def _create_run(tracker, p, data_hashes, params_key) -> str:
             "data.sha256.raw": _raw_corpus_sha256(), "gptpipe.params_key": params_key}
     exclude = ("evaluate", "sample")  # logged by their stages, which may rerun
     flat = p.flat(tuple(s for s in p.flat_sections() if s not in exclude))
-    return tracker.create_run(p.mlflow.experiment, os.environ.get("DVC_EXP_NAME"), flat, tags)
+    run_id = tracker.create_run(p.mlflow.experiment, os.environ.get("DVC_EXP_NAME"), flat, tags)
+    # How much of val is verbatim in train (reports/split.json): a low val loss means
+    # less when this is high.
+    overlap = read_json(SPLIT_REPORT).get("val_in_train", {}) if SPLIT_REPORT.exists() else {}
+    if "share" in overlap:
+        tracker.log_metrics(run_id, [("data.val_in_train", overlap["share"], 0)])
+    return run_id
 
 
 def _write_outputs(trainer, cfg, p, data_hashes, run_id, tracker) -> None:

@@ -76,3 +76,44 @@ def make_project(dest: Path, overrides: dict | None = None, corpus: str | None =
 def project(tmp_path: Path) -> Path:
     """A tiny gptpipe project on the first 40 kB of the lecture's corpus."""
     return make_project(tmp_path / "proj", corpus=tiny_text())
+
+
+# Pushkin's "Winter Morning" (1829): Cyrillic text for the legacy-encoding cases.
+RUSSIAN = ("Мороз и солнце; день чудесный!\n"
+           "Еще ты дремлешь, друг прелестный -\n"
+           "Пора, красавица, проснись:\n"
+           "Открой сомкнуты негой взоры\n"
+           "Навстречу северной Авроры,\n"
+           "Звездою севера явись!\n\n"
+           "Вечор, ты помнишь, вьюга злилась,\n"
+           "На мутном небе мгла носилась;\n"
+           "Луна, как бледное пятно,\n"
+           "Сквозь тучи мрачные желтела,\n"
+           "И ты печальная сидела -\n"
+           "А нынче... погляди в окно:\n")
+ENGLISH = "Is this a dagger which I see before me,\nThe handle toward my hand?\n"
+FRENCH = "Ô rage ! ô désespoir ! ô vieillesse ennemie !\nN'ai-je donc tant vécu que pour cette infamie ?\n"
+
+
+def build_text_folder(folder: Path) -> dict[str, str]:
+    """A folder as users have them: internal links, byte-identical copies, KOI8-R,
+    cp1251, UTF-16 LE/BE with a BOM, an empty file, a binary file. Returns the text
+    each distinct file holds, by path."""
+    (folder / "sub").mkdir(parents=True)
+    texts = {"english.txt": ENGLISH, "koi8.txt": RUSSIAN, "cp1251.txt": RUSSIAN,
+             "utf16le.txt": FRENCH, "utf16be.txt": ENGLISH.upper(), "sub/more.txt": FRENCH * 2}
+    (folder / "english.txt").write_text(ENGLISH, encoding="utf-8")
+    (folder / "koi8.txt").write_bytes(RUSSIAN.encode("koi8_r"))
+    (folder / "cp1251.txt").write_bytes(RUSSIAN.encode("cp1251"))
+    (folder / "utf16le.txt").write_bytes(b"\xff\xfe" + FRENCH.encode("utf-16-le"))
+    (folder / "utf16be.txt").write_bytes(b"\xfe\xff" + ENGLISH.upper().encode("utf-16-be"))
+    (folder / "sub" / "more.txt").write_text(FRENCH * 2, encoding="utf-8")
+    (folder / "z-copy.txt").write_text(ENGLISH, encoding="utf-8")  # a duplicate
+    (folder / "sub" / "english-again.txt").write_text(ENGLISH, encoding="utf-8")
+    (folder / "empty.txt").write_bytes(b"")
+    (folder / "blank.txt").write_bytes(b" \n\t\n")
+    (folder / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (folder / "english.txt.u8").symlink_to("english.txt")        # fortunes' X.u8 -> X
+    (folder / "sub" / "up.txt").symlink_to("../koi8.txt")
+    (folder / "mirror").symlink_to("sub", target_is_directory=True)
+    return texts

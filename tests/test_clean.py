@@ -15,7 +15,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_project, run, write_params
+from conftest import ENGLISH, FRENCH, RUSSIAN, build_text_folder, make_project, run, write_params
 from gptpipe.cleaning import CleanReport, clean_directory, clean_text
 from gptpipe.errors import UserError
 from gptpipe.sources import embedded_plays_dir
@@ -109,10 +109,34 @@ def test_invalid_utf8_names_the_file_and_byte_offset(tmp_path):
     assert "clean.on_invalid_utf8" in message
 
 
-def test_invalid_utf8_replace_mode(tmp_path):
-    corpus, _ = clean_files(tmp_path / "raw", {"bad.txt": b"good line\n\xff tail\n"},
-                            on_invalid_utf8="replace")
+def test_invalid_utf8_replace_mode_counts_the_replaced_characters(tmp_path):
+    corpus, report = clean_files(tmp_path / "raw", {"bad.txt": b"good line\n\xff tail\n"},
+                                 on_invalid_utf8="replace", max_replaced_fraction=0.1)
     assert corpus == "good line\n\ufffd tail\n"
+    assert report.replaced_chars == 1
+    assert report.as_dict()["replaced"] == [{"path": "bad.txt", "replaced_chars": 1,
+                                             "chars": 17}]
+
+
+def test_replace_fails_above_max_replaced_fraction(tmp_path):
+    # KOI8-R read as UTF-8: most characters would become U+FFFD
+    koi8 = "Мороз и солнце; день чудесный!\n".encode("koi8_r")
+    with pytest.raises(UserError) as err:
+        clean_files(tmp_path / "raw", {"ru.txt": koi8}, on_invalid_utf8="replace")
+    message = str(err.value)
+    assert "clean.max_replaced_fraction=0.001" in message and "ru.txt" in message
+    assert "clean.encoding: auto" in message
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b"_\bI_\bt is b\bbo\bol\bld\bd\n", "It is bold\n"),
+    (b"N\bNA\bAM\bME\bE\n       ls - list\n", "NAME\n       ls - list\n"),
+    (b"_\bB\bBo\b_th\n", "Both\n"),                   # bold underline; X\b_ too
+    (b"a\bb\n", "ab\n"),                                # not an overstrike: the BS goes
+])
+def test_nroff_overstrikes_are_resolved(tmp_path, raw, expected):
+    corpus, report = clean_files(tmp_path / "raw", {"man.txt": raw})
+    assert corpus == expected
 
 
 def test_ascii_punctuation_folding():
@@ -221,6 +245,77 @@ def test_stage_writes_corpus_and_report(proj):
     report = json.loads((proj / "reports/clean.json").read_text())
     assert report["files"] == 2 and report["removed"]["bom"] == 1
     assert report["chars_out"] == len(corpus.decode("utf-8"))
+
+
+def download_then_clean(proj: Path, source: Path, **clean_params):
+    write_params(proj, {"data": {"source": str(source)}, "clean": clean_params})
+    run(["python", "stages/download.py"], proj)
+    return run(["python", "stages/clean.py"], proj, check=False)
+
+
+def test_stage_auto_decodes_koi8r_cp1251_and_utf16(proj, tmp_path):
+    folder = tmp_path / "texts"
+    build_text_folder(folder)
+    result = download_then_clean(proj, folder, encoding="auto")
+    assert result.returncode == 0, result.stderr
+    corpus = (proj / "data/clean/corpus.txt").read_text(encoding="utf-8")
+    # sorted path order: cp1251, english, koi8, sub/more, utf16be, utf16le
+    expected = "\n".join(t.rstrip("\n") + "\n" for t in (
+        RUSSIAN, ENGLISH, RUSSIAN, FRENCH * 2, ENGLISH.upper(), FRENCH))
+    assert corpus == expected
+    report = json.loads((proj / "reports/clean.json").read_text())
+    detected = {d["path"]: d for d in report["detected"]}
+    assert set(detected) == {"cp1251.txt", "koi8.txt", "utf16be.txt", "utf16le.txt"}
+    assert detected["koi8.txt"]["encoding"] == "koi8_r"
+    assert detected["cp1251.txt"]["encoding"] == "cp1251"
+    assert detected["koi8.txt"]["by"] == "detector" and 0.5 < detected["koi8.txt"]["confidence"] <= 1
+    assert detected["utf16le.txt"] == {"path": "utf16le.txt", "encoding": "utf-16",
+                                       "by": "bom", "confidence": 1.0}
+    assert report["encodings"] == {"cp1251": 1, "koi8_r": 1, "utf-16": 2, "utf-8": 2}
+    assert report["replaced_chars"] == 0
+    assert "lowest detector confidence" in result.stdout
+
+
+def test_stage_invalid_utf8_names_the_source_file_and_suggests_auto(proj, tmp_path):
+    folder = tmp_path / "texts"
+    build_text_folder(folder)
+    result = download_then_clean(proj, folder)
+    assert_stage_error(result, proj, f"{folder}/cp1251.txt", "data/raw/cp1251.txt",
+                       "invalid UTF-8 at byte offset 0", "clean.encoding: auto")
+
+
+@pytest.mark.parametrize("codec", ["koi8_r", "cp1251", "utf-16"])
+def test_stage_decodes_a_named_codec(proj, tmp_path, codec):
+    src = tmp_path / "ru.txt"
+    src.write_bytes(RUSSIAN.encode(codec))
+    result = download_then_clean(proj, src, encoding=codec)
+    assert result.returncode == 0, result.stderr
+    assert (proj / "data/clean/corpus.txt").read_text(encoding="utf-8") == RUSSIAN
+    assert json.loads((proj / "reports/clean.json").read_text())["encodings"] == {codec: 1}
+
+
+def test_stage_wrong_named_codec_is_an_error_naming_the_codec(proj, tmp_path):
+    src = tmp_path / "ru.txt"
+    src.write_bytes(RUSSIAN.encode("koi8_r"))
+    result = download_then_clean(proj, src, encoding="ascii")
+    assert_stage_error(result, proj, str(src), "invalid ascii at byte offset 0")
+
+
+def test_stage_replace_counts_in_report_and_message(proj, tmp_path):
+    src = tmp_path / "mostly.txt"
+    src.write_bytes(ENGLISH.encode() * 30 + b"caf\xe9\n")
+    result = download_then_clean(proj, src, on_invalid_utf8="replace")
+    assert result.returncode == 0, result.stderr
+    assert "1 undecodable byte sequence became U+FFFD in 1 of 1 file " in result.stdout
+    report = json.loads((proj / "reports/clean.json").read_text())
+    assert report["replaced_chars"] == 1 and report["replaced"][0]["path"] == "mostly.txt"
+    # the same file with a lower cap fails, naming the source file, count and cap
+    result = download_then_clean(proj, src, on_invalid_utf8="replace",
+                                 max_replaced_fraction=0.0)
+    assert result.returncode != 0
+    assert result.stderr.startswith(f"clean: error: {src} (copied to data/raw/mostly.txt): "
+                                    "1 of ")
+    assert "clean.max_replaced_fraction=0" in result.stderr
 
 
 # --- properties --------------------------------------------------------------------

@@ -54,8 +54,12 @@ def test_repro_split_runs_the_four_data_stages(built):
     assert np.array_equal(np.concatenate([train, val]), ids)  # by position, in order
     assert train.dtype == val.dtype == np.uint8
     split = json.loads((proj / "reports/split.json").read_text())
+    overlap = split.pop("val_in_train")
     assert split == {"train_tokens": len(train), "val_tokens": len(val),
                      "train_fraction": 0.9, "dtype": "uint8"}
+    assert overlap["chunk_tokens"] == 32 and overlap["val_chunks"] == len(val) // 32
+    assert overlap["share"] == round(overlap["found_in_train"] / overlap["val_chunks"], 6)
+    assert "of val's 32-token chunks also occur in train" in output
 
 
 def test_second_repro_runs_nothing(built):
@@ -97,6 +101,68 @@ def test_val_split_shorter_than_a_block_is_one_line_naming_block_size(copy):
     assert direct.returncode != 0 and direct.stderr.count("\n") == 1
     assert direct.stderr.startswith("split: error: model.block_size:")
     assert not (copy / "data/split/train.npy").exists()
+
+
+def fortunes_like(folder: Path, n_files: int = 40, seed: int = 7) -> None:
+    """Debian's fortunes layout: many small files of `%`-separated sayings, and
+    beside each file X a link X.u8 -> X."""
+    import random
+
+    rng = random.Random(seed)
+    words = ("time love fool wise man never always money cat cake king ship rain moon "
+             "truth lie door road friend enemy bread wine song dream night day work "
+             "play heart mind").split()
+    folder.mkdir(parents=True)
+    for i in range(n_files):
+        sayings = [" ".join(rng.choice(words) for _ in range(rng.randint(6, 14))).capitalize()
+                   + "." for _ in range(12)]
+        name = f"fortune{i:02d}"
+        (folder / name).write_text("\n%\n".join(sayings) + "\n%\n", encoding="utf-8")
+        (folder / f"{name}.u8").symlink_to(name)
+
+
+def test_a_fortunes_like_folder_reports_its_aliases_and_no_val_in_train(tmp_path):
+    folder = tmp_path / "fortunes"
+    fortunes_like(folder)
+    proj = make_project(tmp_path / "proj", overrides={"data": {"source": str(folder)}})
+    output = run(["dvc", "repro", "split"], proj).stdout
+    download = json.loads((proj / "reports/download.json").read_text())
+    assert len(download["files"]) == 40
+    assert len(download["aliases"]) == 40
+    assert download["aliases"][0] == {"path": "fortune00.u8", "target": "fortune00"}
+    assert "download: 40 files" in output and "(40 aliases)" in output
+    overlap = json.loads((proj / "reports/split.json").read_text())["val_in_train"]
+    assert overlap["val_chunks"] > 20
+    assert overlap["share"] < 0.05, overlap
+    assert "split: warning" not in output
+
+
+def test_split_warns_when_val_repeats_train(tmp_path):
+    text = tiny_text(8000)
+    proj = make_project(tmp_path / "proj", corpus=text + "\n" + text,
+                        overrides={"split": {"train_fraction": 0.6}})
+    output = run(["dvc", "repro", "split"], proj).stdout
+    overlap = json.loads((proj / "reports/split.json").read_text())["val_in_train"]
+    assert overlap["share"] > 0.9, overlap  # val is a second copy of train's text
+    warning = [line for line in output.splitlines() if line.startswith("split: warning:")]
+    assert len(warning) == 1 and "split.max_val_overlap=0.05" in warning[0], output
+    # the threshold is a param: raised above the share, no warning
+    write_params(proj, {"split": {"max_val_overlap": 1.0}})
+    output = run(["dvc", "repro", "split"], proj).stdout
+    assert "Running stage 'split'" in output and "split: warning" not in output
+
+
+def test_val_in_train_counts_chunks_found_verbatim():
+    from gptpipe.splitting import val_in_train
+
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 50, 10_000).astype(np.uint16)
+    fresh = rng.integers(0, 50, 3_200).astype(np.uint16)
+    assert val_in_train(train, fresh)["share"] == 0.0
+    copied = np.concatenate([fresh[:1600], train[5000:6600]])  # half of val is from train
+    result = val_in_train(train, copied)
+    assert result["val_chunks"] == 100 and result["found_in_train"] == 50
+    assert result["share"] == 0.5
 
 
 PROBE = """

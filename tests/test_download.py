@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import env_for, make_project, run, tiny_text, write_params
+from conftest import build_text_folder, env_for, make_project, run, tiny_text, write_params
 from gptpipe.sources import embedded_plays_dir
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\n" * 40).encode()
@@ -263,7 +263,7 @@ def test_sha256_with_a_directory_source(proj, tmp_path):
     folder = tmp_path / "texts"
     folder.mkdir()
     (folder / "a.txt").write_bytes(TEXT)
-    (folder / "b.txt").write_bytes(TEXT)
+    (folder / "b.txt").write_bytes(TEXT + b"more\n")
     before = state(proj)
     assert_fails(download(proj, source=str(folder), sha256="0" * 64), before, proj,
                  "data.sha256", "2 files")
@@ -326,29 +326,108 @@ def test_unsupported_scheme(proj):
     assert "ftppass" not in line
 
 
-def test_credentials_in_url_never_shown(proj, server):
-    secret = "s3cretPa55"
-    ok_url = server.serve("/private/input.txt", ok(TEXT))
-    userinfo = f"alice:{secret}@"
-    authed = ok_url.replace("http://", f"http://{userinfo}") + "?token=tok" + secret
-    result = download(proj, source=authed, retries=0)
-    assert result.returncode == 0, result.stderr
-    # The credentials were sent, as HTTP basic auth ...
-    assert server.auth[-1] == "Basic " + base64.b64encode(f"alice:{secret}".encode()).decode()
-    # ... and never shown: not on the terminal, not in the report or file names.
-    shown = result.stdout + result.stderr + json.dumps(report(proj)) + " ".join(raw_files(proj))
-    assert secret not in shown and "alice" not in shown
-    assert "***@127.0.0.1" in report(proj)["source"]
+def requires_auth(body: bytes, user: str, password: str = "", token: str = ""):
+    """A route that answers 401 unless the request carries these credentials."""
+    wanted = (f"Bearer {token}" if token else
+              "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
 
-    for failing in (server.serve("/private/gone.txt", status(404)),
-                    server.serve("/private/down.txt", status(503)),
-                    f"http://127.0.0.1:{closed_port()}/x.txt"):
-        url = failing.replace("http://", f"http://{userinfo}") + "?token=tok" + secret
-        before = state(proj)
-        result = download(proj, source=url, retries=0)
-        assert_fails(result, before, proj, "***@127.0.0.1")
-        assert secret not in result.stdout + result.stderr
-        assert "alice" not in result.stdout + result.stderr
+    def send(h):
+        if h.headers.get("Authorization") != wanted:
+            h.send_response(401)
+            h.send_header("WWW-Authenticate", 'Basic realm="corpus"')
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
+        ok(body)(h)
+    return send
+
+
+SECRET = "s3cretPa55-7f1c"
+
+
+@pytest.mark.parametrize("source", [
+    "http://alice:{secret}@127.0.0.1:{port}/private/input.txt",
+    "https://alice:{secret}@example.org/input.txt",
+    "http://{secret}@127.0.0.1:{port}/private/input.txt",
+    "http://127.0.0.1:{port}/private/input.txt?token={secret}",
+    "https://example.org/input.txt?X-Amz-Signature={secret}&X-Amz-Expires=60",
+    "file://alice:{secret}@localhost/etc/hosts",
+])
+def test_credentials_in_the_url_are_refused_saying_where_they_go(proj, server, source):
+    url = source.format(secret=SECRET, port=server.port)
+    server.serve("/private/input.txt", requires_auth(TEXT, "alice", SECRET))
+    before = state(proj)
+    hits = server.hits["/private/input.txt"]
+    line = assert_fails(download(proj, source=url), before, proj, "data.source",
+                        "holds credentials", "GPTPIPE_HTTP_USER", "GPTPIPE_HTTP_PASSWORD",
+                        "GPTPIPE_HTTP_TOKEN", "~/.netrc")
+    assert SECRET not in line
+    assert server.hits["/private/input.txt"] == hits, "refused before any request"
+
+
+def with_env(proj: Path, **extra: str) -> dict:
+    env = env_for(proj, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    for key in ("GPTPIPE_HTTP_USER", "GPTPIPE_HTTP_PASSWORD", "GPTPIPE_HTTP_TOKEN", "NETRC"):
+        env.pop(key, None)
+    env.update(extra)
+    return env
+
+
+def download_with(proj: Path, env: dict, **data):
+    write_params(proj, {"data": data})
+    return run(["python", "stages/download.py"], proj, check=False, env=env, timeout=60)
+
+
+def test_basic_auth_from_environment_variables(proj, server, tmp_path):
+    url = server.serve("/env/input.txt", requires_auth(TEXT, "alice", SECRET))
+    home = tmp_path / "home"  # no ~/.netrc there
+    home.mkdir()
+    before = state(proj)
+    refused = download_with(proj, with_env(proj, HOME=str(home)), source=url, retries=0)
+    assert_fails(refused, before, proj, url, "HTTP 401")
+    result = download_with(proj, with_env(proj, HOME=str(home), GPTPIPE_HTTP_USER="alice",
+                                          GPTPIPE_HTTP_PASSWORD=SECRET), source=url)
+    assert result.returncode == 0, result.stderr
+    assert raw_files(proj) == {"input.txt": TEXT}
+    assert SECRET not in result.stdout + result.stderr + json.dumps(report(proj))
+    # one variable without the other is a one-line error naming the missing one
+    half = download_with(proj, with_env(proj, HOME=str(home), GPTPIPE_HTTP_USER="alice"),
+                         source=url)
+    assert half.returncode != 0 and half.stderr.startswith("download: error: ")
+    assert "GPTPIPE_HTTP_PASSWORD is not set" in half.stderr
+
+
+def test_bearer_token_from_the_environment(proj, server, tmp_path):
+    url = server.serve("/token/input.txt", requires_auth(TEXT, "", token=SECRET))
+    result = download_with(proj, with_env(proj, HOME=str(tmp_path), GPTPIPE_HTTP_TOKEN=SECRET),
+                           source=url)
+    assert result.returncode == 0, result.stderr
+    assert server.auth[-1] == f"Bearer {SECRET}"
+    assert raw_files(proj) == {"input.txt": TEXT}
+
+
+def test_basic_auth_from_netrc(proj, server, tmp_path):
+    url = server.serve("/netrc/input.txt", requires_auth(TEXT, "bob", SECRET))
+    home = tmp_path / "home"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text(f"machine 127.0.0.1\n  login bob\n  password {SECRET}\n")
+    netrc.chmod(0o600)
+    result = download_with(proj, with_env(proj, HOME=str(home)), source=url)
+    assert result.returncode == 0, result.stderr
+    assert server.auth[-1] == "Basic " + base64.b64encode(f"bob:{SECRET}".encode()).decode()
+    assert raw_files(proj) == {"input.txt": TEXT}
+    assert SECRET not in result.stdout + result.stderr
+    basic = base64.b64encode(f"bob:{SECRET}".encode()).decode()
+    assert files_holding(proj, [SECRET, basic]) == []
+
+
+def test_errors_never_show_credentials_of_other_schemes(proj):
+    # An unsupported scheme is refused as such, with its user info hidden.
+    before = state(proj)
+    line = assert_fails(download(proj, source=f"ftp://anon:{SECRET}@127.0.0.1/input.txt"),
+                        before, proj, "unsupported scheme", "ftp://***@127.0.0.1/input.txt")
+    assert SECRET not in line
 
 
 # --- local files and folders ---------------------------------------------------------
@@ -425,6 +504,86 @@ def test_symlink_out_of_the_directory_is_not_followed(proj, tmp_path):
     assert all("symlink" in reason for reason in skipped.values())
 
 
+def test_a_folder_gives_each_text_once(proj, tmp_path):
+    folder = tmp_path / "texts"
+    texts = build_text_folder(folder)
+    result = download(proj, source=str(folder))
+    assert result.returncode == 0, result.stderr
+    files = raw_files(proj)
+    # UTF-16 with a BOM is text; each distinct file once, links and copies not at all
+    assert set(files) == set(texts)
+    assert files["utf16le.txt"] == (folder / "utf16le.txt").read_bytes()
+    rep = report(proj)
+    assert rep["aliases"] == [{"path": "english.txt.u8", "target": "english.txt"},
+                              {"path": "mirror", "target": "sub"},
+                              {"path": "sub/up.txt", "target": "koi8.txt"}]
+    # the first in sorted path order is kept
+    assert rep["duplicates"] == [{"path": "sub/english-again.txt", "same_as": "english.txt"},
+                                 {"path": "z-copy.txt", "same_as": "english.txt"}]
+    assert {s["path"]: s["reason"] for s in rep["skipped"]} == {
+        "blank.txt": "empty or whitespace only", "empty.txt": "empty or whitespace only",
+        "logo.png": "binary (NUL bytes)"}
+    assert "3 aliases, 2 duplicates, 3 skipped" in result.stdout
+
+
+def test_one_file_is_one_file(proj, tmp_path):
+    src = tmp_path / "one.txt"
+    src.write_bytes(TEXT)
+    result = download(proj, source=str(src))
+    assert result.returncode == 0, result.stderr
+    assert f"download: 1 file, {len(TEXT):,} bytes" in result.stdout
+    assert "1 files" not in result.stdout
+
+
+@pytest.mark.parametrize("bom, codec", [(b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"),
+                                        (b"\xff\xfe\x00\x00", "utf-32-le")])
+def test_a_utf16_or_utf32_file_with_a_bom_is_text(proj, tmp_path, bom, codec):
+    src = tmp_path / "windows.txt"
+    data = bom + TEXT.decode().encode(codec)
+    src.write_bytes(data)
+    result = download(proj, source=str(src))
+    assert result.returncode == 0, result.stderr
+    assert raw_files(proj) == {"windows.txt": data}
+
+
+@pytest.mark.parametrize("content", [b"", b"  \n\t\r\n", b"\xff\xfe" + " \n".encode("utf-16-le")],
+                         ids=["empty", "whitespace", "utf16-whitespace"])
+def test_an_empty_source_file_fails_in_download_naming_it(proj, tmp_path, content):
+    src = tmp_path / "empty.txt"
+    src.write_bytes(content)
+    before = state(proj)
+    assert_fails(download(proj, source=str(src)), before, proj, str(src),
+                 "empty or whitespace only")
+
+
+def test_an_empty_url_body_fails_in_download(proj, server):
+    url = server.serve("/empty.txt", ok(b"\n\n"))
+    before = state(proj)
+    assert_fails(download(proj, source=url), before, proj, url, "empty or whitespace only")
+
+
+def test_a_folder_of_empty_files_fails_naming_it(proj, tmp_path):
+    folder = tmp_path / "blank"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"")
+    (folder / "b.txt").write_bytes(b"\n \n")
+    before = state(proj)
+    assert_fails(download(proj, source=str(folder)), before, proj, str(folder),
+                 "only empty files")
+
+
+def test_a_file_url_with_a_remote_host_is_refused(proj, tmp_path):
+    src = tmp_path / "local.txt"
+    src.write_bytes(TEXT)
+    before = state(proj)
+    url = "file://fileserver" + src.as_posix()
+    assert_fails(download(proj, source=url), before, proj, url, "fileserver",
+                 "not empty or localhost")
+    result = download(proj, source="file://localhost" + src.as_posix())
+    assert result.returncode == 0, result.stderr
+    assert raw_files(proj) == {"local.txt": TEXT}
+
+
 # --- the embedded plays ----------------------------------------------------------------
 
 def test_embedded_shakespeare_is_copied_byte_for_byte(proj):
@@ -441,3 +600,55 @@ def test_embedded_shakespeare_is_copied_byte_for_byte(proj):
     assert rep["bytes"] == sum(p.stat().st_size for p in plays.rglob("*.md"))
     assert {f["path"]: f["sha256"] for f in rep["files"]} == expected
     assert len(rep["sha256"]) == 64
+
+
+# --- a secret given the supported way, through the whole pipeline ---------------------
+
+def files_holding(folder: Path, needles: list[str]) -> list[str]:
+    """Every file under `folder` (dvc.lock, params.yaml, reports/, data/, mlflow.db,
+    mlartifacts/, .dvc/, .git/, ...) that holds one of `needles`."""
+    return [path.relative_to(folder).as_posix() for path in sorted(folder.rglob("*"))
+            if path.is_file() and not path.is_symlink()
+            and any(n.encode() in path.read_bytes() for n in needles)]
+
+
+@pytest.mark.slow
+def test_a_secret_given_the_supported_way_lands_nowhere(tmp_path, server):
+    """Credentials from the environment (which every stage inherits, train and its
+    MLflow client too) reach the server and nothing else: not dvc.lock, params,
+    reports, data, models, MLflow (params, tags, metrics of a real sqlite store,
+    artifacts), DVC's or git's files, nor any stage's output. (~/.netrc: see
+    test_basic_auth_from_netrc.)"""
+    from mlflow.tracking import MlflowClient
+
+    body = tiny_text(20_000).encode()
+    url = server.serve("/secret/input.txt", requires_auth(body, "carol", SECRET))
+    proj = make_project(tmp_path / "proj", overrides={"data": {"source": url}})
+    home = tmp_path / "home"  # HOME is the test's: ~/.netrc is this one
+    home.mkdir()
+    extra = {"HOME": str(home), "GPTPIPE_HTTP_USER": "carol", "GPTPIPE_HTTP_PASSWORD": SECRET}
+    result = run(["dvc", "repro"], proj, env=with_env(proj, **extra), timeout=900)
+    basic = base64.b64encode(f"carol:{SECRET}".encode()).decode()
+    assert server.auth[-1] == f"Basic {basic}", "the credentials were used"
+    assert (proj / "data/raw/input.txt").read_bytes() == body
+
+    needles = [SECRET, basic, SECRET.encode().hex()]
+    logs = result.stdout + result.stderr
+    assert not [n for n in needles if n in logs], "a secret in a stage's output"
+    assert files_holding(proj, needles) == []
+    assert files_holding(proj, ["carol"]) == []  # the user name is no one's business either
+    assert files_holding(proj, [url]), "the scan reads the files that hold data.source"
+    for name in ("dvc.lock", "mlflow.db", "reports/download.json"):
+        assert (proj / name).is_file(), name
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlflow.db'}")
+    experiments = client.search_experiments()
+    runs = client.search_runs([e.experiment_id for e in experiments])
+    assert len(runs) == 1
+    record = runs[0].data
+    assert record.params["data.source"] == url  # the URL is logged, without credentials
+    assert "data.val_in_train" in record.metrics
+    everything = json.dumps([record.params, record.tags, sorted(record.metrics)])
+    assert not [n for n in needles if n in everything]
+    artifacts = [a.path for a in client.list_artifacts(runs[0].info.run_id)]
+    assert artifacts, "artifacts were logged (and scanned above, under mlartifacts/)"

@@ -99,6 +99,26 @@ def test_yaml11_exponent_floats_from_a_file(tmp_path):
     ({"sample": {"top_p": 1.5}}, "sample.top_p"),
     ({"sample": {"max_new_tokens": 0}}, "sample.max_new_tokens"),
     ({"sample": {"max_new_tokens": -1}}, "sample.max_new_tokens"),
+    # ranges that keep training and sampling finite
+    ({"train": {"lr": 1e38}}, "train.lr"),
+    ({"train": {"lr": "1e38"}}, "train.lr"),
+    ({"train": {"lr": 1.5}}, "train.lr"),
+    ({"train": {"min_lr": 0.01}}, "train.min_lr"),
+    ({"train": {"weight_decay": 1e30}}, "train.weight_decay"),
+    ({"train": {"weight_decay": -0.1}}, "train.weight_decay"),
+    ({"train": {"beta1": 1.0}}, "train.beta1"),
+    ({"train": {"beta2": -0.5}}, "train.beta2"),
+    ({"train": {"grad_clip": 1e300}}, "train.grad_clip"),
+    ({"train": {"muon_lr": 1e20}}, "train.muon_lr"),
+    ({"train": {"seed": -1}}, "train.seed"),
+    ({"train": {"threads": 100000}}, "train.threads"),
+    ({"model": {"dropout": 1.0}}, "model.dropout"),
+    ({"sample": {"temperature": 1e-30}}, "sample.temperature"),
+    ({"sample": {"temperature": 1e6}}, "sample.temperature"),
+    ({"sample": {"seed": -3}}, "sample.seed"),
+    ({"data": {"timeout_s": 1e12}}, "data.timeout_s"),
+    ({"clean": {"max_replaced_fraction": 1.5}}, "clean.max_replaced_fraction"),
+    ({"split": {"max_val_overlap": -0.1}}, "split.max_val_overlap"),
 ])
 def test_out_of_range_values_name_the_key(raw, key):
     with pytest.raises(UserError) as err:
@@ -108,11 +128,30 @@ def test_out_of_range_values_name_the_key(raw, key):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("name", ["utf-8", "auto", "koi8_r", "KOI8-R", "cp1251", "utf-16",
+                                  "utf_32", "latin-1"])
+def test_clean_encoding_accepts_auto_and_any_python_codec(name):
+    assert params.from_dict({"clean": {"encoding": name}}).clean.encoding == name
+
+
+def test_unknown_clean_encoding_is_one_line_naming_the_key():
+    with pytest.raises(UserError) as err:
+        params.from_dict({"clean": {"encoding": "utf-9"}})
+    assert str(err.value).startswith("params: clean.encoding: unknown codec 'utf-9'")
+    assert "\n" not in str(err.value)
+
+
 def test_boundary_values_are_valid():
     p = params.from_dict({
         "sample": {"top_k": None, "top_p": 1.0, "temperature": 0, "max_new_tokens": 1},
         "split": {"train_fraction": 0.5}, "model": {"n_embd": 96, "n_head": 3},
     })
+    edge = params.from_dict({"train": {"lr": 1.0, "min_lr": 1.0, "weight_decay": 1.0,
+                                       "beta1": 0.0, "grad_clip": 0},
+                             "sample": {"temperature": 0.01, "top_p": 1.0},
+                             "clean": {"max_replaced_fraction": 0},
+                             "split": {"max_val_overlap": 1}})
+    assert (edge.train.lr, edge.sample.temperature, edge.split.max_val_overlap) == (1.0, 0.01, 1.0)
     assert p.sample.top_k is None and p.sample.top_p == 1.0 and p.sample.temperature == 0.0
     assert params.from_dict({"sample": {"top_k": 1}}).sample.top_k == 1
 
@@ -125,7 +164,9 @@ def clean_project(tmp_path_factory):
 @pytest.mark.parametrize("bad_yaml, needles", [
     ("clean:\n  on_invalid_utf8: ignore\n", ["clean.on_invalid_utf8", "error, replace", "'ignore'"]),
     ("clean:\n  stage_direction: true\n", ["clean.stage_direction", "did you mean 'stage_directions'"]),
-    ("train:\n  lr: 0\n", ["train.lr", "> 0"]),
+    ("train:\n  lr: 0\n", ["train.lr", "in (0, 1]"]),
+    ("train:\n  lr: 1e38\n", ["train.lr", "in (0, 1]", "1e+38"]),
+    ("clean:\n  encoding: klingon-8\n", ["clean.encoding", "unknown codec 'klingon-8'"]),
     ("clean:\n  ascii_punctuation: [\n", ["params.yaml", "not valid YAML"]),
 ])
 def test_bad_params_yaml_stops_a_stage_with_one_line(clean_project, bad_yaml, needles):

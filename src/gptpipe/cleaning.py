@@ -1,11 +1,18 @@
 """The clean stage: raw bytes in, one normalised UTF-8 corpus out.
 
-The order matters: decode, then BOM and newlines, then NFC (so later rules see
-composed characters), then the structural rules (Gutenberg boilerplate, play
-markdown), then character-level folding, then whitespace.
+The order matters: decode, then BOM and newlines, then overstrikes and control
+characters, then NFC (so later rules see composed characters), then the
+structural rules (Gutenberg boilerplate, play markdown), then character-level
+folding, then whitespace.
+
+Decoding follows clean.encoding: utf-8, a named Python codec, or auto (a byte
+order mark, else valid UTF-8, else charset-normalizer's guess, whose confidence
+goes in the report). Errors name the file the user gave, not only its copy in
+data/raw/.
 """
 from __future__ import annotations
 
+import codecs
 import re
 import unicodedata
 from collections import Counter
@@ -13,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .sources import EMBEDDED, bom_encoding
 
 _GUTENBERG_START = re.compile(
     r"^\*{3} ?START OF (THE|THIS) PROJECT GUTENBERG[^\n]*\n", re.IGNORECASE | re.MULTILINE)
@@ -24,6 +32,8 @@ _HEADING = re.compile(r"^#{1,6}\s")
 _ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!<>|~])")
 _EMPHASIS = re.compile(r"[*_]+")
 _BLANK_RUNS = re.compile(r"\n{3,}")
+# nroff's overstrikes: `_\bX` underlines X, `X\bX` emboldens it (`X\b_` also underlines).
+_OVERSTRIKE = re.compile(r"_\x08(?=[^\x08\n])|([^\x08\n])\x08(?=\1)|(?<=[^\x08\n])\x08_")
 _ASCII_FOLD = str.maketrans({
     "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
     "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"',
@@ -42,22 +52,115 @@ class CleanReport:
     distinct_chars: int = 0
     lines: int = 0
     removed: Counter = field(default_factory=Counter)
+    encodings: Counter = field(default_factory=Counter)   # codec -> files
+    detected: list = field(default_factory=list)          # auto: how each file was decoded
+    replaced_chars: int = 0                               # U+FFFD put in by `replace`
+    replaced: list = field(default_factory=list)          # files with replaced characters
 
     def as_dict(self) -> dict:
         return {"files": self.files, "chars_in": self.chars_in, "chars_out": self.chars_out,
                 "distinct_chars": self.distinct_chars, "lines": self.lines,
-                "removed": dict(sorted(self.removed.items()))}
+                "removed": dict(sorted(self.removed.items())),
+                "encodings": dict(sorted(self.encodings.items())),
+                "detected": self.detected, "replaced_chars": self.replaced_chars,
+                "replaced": self.replaced}
 
 
-def decode(raw: bytes, name: str, on_invalid: str) -> str:
+@dataclass
+class Decoded:
+    text: str
+    encoding: str
+    by: str                  # param | bom | utf-8 | detector
+    confidence: float = 1.0  # the detector's: 1 - its mess ratio
+    replaced: int = 0        # undecodable byte sequences that became U+FFFD
+
+
+_replaced_count = [0]
+
+
+def _count_and_replace(exc: UnicodeError):
+    """`errors="replace"` that also counts (codecs' error handlers are global)."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    _replaced_count[0] += 1
+    return "\ufffd", exc.end
+
+
+codecs.register_error("gptpipe.count_replace", _count_and_replace)
+
+
+def _codec_name(encoding: str) -> str:
+    return "UTF-8" if codecs.lookup(encoding).name == "utf-8" else encoding
+
+
+def _pick_encoding(raw: bytes, name: str) -> tuple[str, str, float]:
+    """clean.encoding: auto: a BOM, else valid UTF-8, else charset-normalizer's best guess."""
+    bom = bom_encoding(raw)
+    if bom is not None:
+        return bom, "bom", 1.0
     try:
-        return raw.decode("utf-8")
+        raw.decode("utf-8")
+        return "utf-8", "utf-8", 1.0
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(raw).best()
+    if best is None:
+        raise UserError(f"{name}: clean.encoding: auto cannot tell this file's encoding "
+                        "(it may be binary); set clean.encoding to its codec, e.g. cp1251")
+    return best.encoding, "detector", round(1.0 - float(best.chaos), 4)
+
+
+def decode(raw: bytes, name: str, on_invalid: str, encoding: str = "utf-8",
+           max_replaced_fraction: float = 1.0) -> Decoded:
+    """`raw` as text; `name` is what errors call the file (the user's source)."""
+    by, confidence = "param", 1.0
+    if encoding == "auto":
+        encoding, by, confidence = _pick_encoding(raw, name)
+    try:
+        return Decoded(raw.decode(encoding), encoding, by, confidence)
     except UnicodeDecodeError as exc:
-        if on_invalid == "replace":
-            return raw.decode("utf-8", errors="replace")
-        raise UserError(f"{name}: invalid UTF-8 at byte offset {exc.start} "
-                        f"(byte 0x{raw[exc.start]:02x}); fix the file or set "
-                        "clean.on_invalid_utf8: replace") from None
+        if on_invalid != "replace":
+            hint = ("set clean.encoding: auto (or the file's codec, e.g. cp1251), "
+                    if by == "param" else "set clean.encoding to the file's codec, ")
+            raise UserError(f"{name}: invalid {_codec_name(encoding)} at byte offset "
+                            f"{exc.start} (byte 0x{raw[exc.start]:02x}); {hint}fix the file, "
+                            "or set clean.on_invalid_utf8: replace") from None
+    _replaced_count[0] = 0
+    text = raw.decode(encoding, errors="gptpipe.count_replace")
+    replaced = _replaced_count[0]
+    if replaced > max_replaced_fraction * len(text):
+        raise UserError(f"{name}: {replaced:,} of {len(text):,} characters "
+                        f"({replaced / len(text):.2%}) are not valid {_codec_name(encoding)} "
+                        f"and would become U+FFFD, over clean.max_replaced_fraction="
+                        f"{max_replaced_fraction:g}; set clean.encoding: auto (or the file's "
+                        "codec, e.g. cp1251)")
+    return Decoded(text, encoding, by, confidence, replaced)
+
+
+def resolve_overstrikes(text: str, report: CleanReport) -> str:
+    """`_\bX` and `X\bX` (nroff's underline and bold, as in man pages) -> `X`."""
+    out = _OVERSTRIKE.sub("", text)
+    report.removed["overstrike_chars"] += len(text) - len(out)
+    return out
+
+
+def source_names(download_report: dict | None) -> dict[str, str]:
+    """data/raw/ path -> the file the user gave (from reports/download.json)."""
+    if not download_report:
+        return {}
+    source, kind = download_report.get("source", ""), download_report.get("kind")
+    names = {}
+    for entry in download_report.get("files", []):
+        rel = entry["path"]
+        if kind == "directory":
+            names[rel] = f"{source.rstrip('/')}/{rel}"
+        elif kind == EMBEDDED:
+            names[rel] = f"the embedded plays' {rel}"
+        else:
+            names[rel] = source
+    return names
 
 
 def strip_gutenberg(text: str, report: CleanReport) -> str:
@@ -137,7 +240,8 @@ def clean_text(text: str, report: CleanReport, *, ascii_punctuation: bool,
     text = text.replace("\ufeff", "")
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     # Before NFC: a control char between a letter and its accent would leave them
-    # uncomposed once dropped.
+    # uncomposed once dropped; overstrikes before that, or `_\bI` would become `_I`.
+    text = resolve_overstrikes(text, report)
     text = drop_control_chars(text, report)
     text = unicodedata.normalize("NFC", text)
     if strip_gutenberg_:
@@ -157,9 +261,12 @@ def clean_text(text: str, report: CleanReport, *, ascii_punctuation: bool,
 
 
 def clean_directory(raw_dir: Path, *, on_invalid_utf8: str, ascii_punctuation: bool,
-                    play_markdown: bool, stage_directions: bool,
-                    strip_gutenberg_: bool) -> tuple[str, CleanReport]:
-    """Clean every file under `raw_dir` in sorted path order and join them."""
+                    play_markdown: bool, stage_directions: bool, strip_gutenberg_: bool,
+                    encoding: str = "utf-8", max_replaced_fraction: float = 0.001,
+                    sources: dict[str, str] | None = None) -> tuple[str, CleanReport]:
+    """Clean every file under `raw_dir` in sorted path order and join them.
+
+    `sources` maps a path under `raw_dir` to the file the user gave, for errors."""
     report = CleanReport()
     paths = sorted(p for p in raw_dir.rglob("*") if p.is_file())
     if not paths:
@@ -167,7 +274,19 @@ def clean_directory(raw_dir: Path, *, on_invalid_utf8: str, ascii_punctuation: b
     pieces = []
     for path in paths:
         raw = path.read_bytes()
-        text = decode(raw, str(path), on_invalid_utf8)
+        rel = path.relative_to(raw_dir).as_posix()
+        given = (sources or {}).get(rel)
+        name = f"{given} (copied to {path})" if given else str(path)
+        decoded = decode(raw, name, on_invalid_utf8, encoding, max_replaced_fraction)
+        text = decoded.text
+        report.encodings[decoded.encoding] += 1
+        if decoded.by in ("detector", "bom"):
+            report.detected.append({"path": rel, "encoding": decoded.encoding,
+                                    "by": decoded.by, "confidence": decoded.confidence})
+        if decoded.replaced:
+            report.replaced_chars += decoded.replaced
+            report.replaced.append({"path": rel, "replaced_chars": decoded.replaced,
+                                    "chars": len(text)})
         report.files += 1
         report.chars_in += len(text)
         cleaned = clean_text(text, report, ascii_punctuation=ascii_punctuation,

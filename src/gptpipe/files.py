@@ -1,8 +1,12 @@
 """Atomic writes and hashing: a reader never sees half a file.
 
-Every output is written to a temp file in the same directory, fsynced and then
-renamed over the target, so a crash or a full disk leaves either the old file
-or nothing, never a partial one.
+Every output is written to a temp file, fsynced and then renamed over the
+target, so a crash or a full disk leaves either the old file or nothing, never
+a partial one. The temp file lives in `.gptpipe/tmp/` of the working directory
+(the project root when DVC runs a stage; ignored by git and DVC, and on the same
+filesystem, so the rename stays atomic). A SIGKILL mid-write can leave a temp
+file there, never beside an output; the next write sweeps the temp files of
+processes that no longer exist.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,18 +22,74 @@ from typing import Iterator
 
 from .errors import UserError
 
+TEMP_DIR = Path(".gptpipe") / "tmp"
+
 # mkstemp/mkdtemp create 0600/0700; outputs get the modes open()/mkdir() would give.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _sweep(folder: Path, pattern: re.Pattern) -> None:
+    """Remove the temp files and folders in `folder` whose writing process is gone."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match and int(match.group("pid")) != os.getpid() \
+                and not _pid_alive(int(match.group("pid"))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
+_TEMP_NAME = re.compile(r"(?P<pid>\d+)\..*")
+
+
+def _temp_home(target: Path) -> tuple[Path, str]:
+    """Where `target`'s temp file goes, and its name prefix.
+
+    Inside the working directory: `.gptpipe/tmp/` (what git and DVC ignore), when it
+    is on the target's filesystem. Elsewhere (a path outside the project): beside
+    the target, hidden. Either way stale temp files of dead processes are swept."""
+    try:
+        inside = target.resolve().is_relative_to(Path.cwd().resolve())
+    except OSError:
+        inside = False
+    if inside:
+        home = Path.cwd() / TEMP_DIR
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+            if home.stat().st_dev == target.parent.stat().st_dev:
+                _sweep(home, _TEMP_NAME)
+                return home, f"{os.getpid()}.{target.name}."
+        except OSError:
+            pass
+    beside = re.compile(rf"\.{re.escape(target.name)}\.(?P<pid>\d+)\..*\.tmp")
+    _sweep(target.parent, beside)
+    return target.parent, f".{target.name}.{os.getpid()}."
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path beside `target`; rename it into place on success."""
+    """Yield a temp path for `target`; rename it into place on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp",
-                               dir=target.parent)
+    home, prefix = _temp_home(target)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix + ".tmp", dir=home)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)
     tmp_path = Path(tmp)
@@ -83,16 +144,16 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Build a directory under a temp name, then swap it into place."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp",
-                                dir=target.parent))
+    home, prefix = _temp_home(target)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=home))
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
         old = None
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
+            # moved aside into the temp area, so a kill here leaves nothing beside it
+            old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old.tmp", dir=home))
+            os.replace(target, old / target.name)
         os.replace(tmp, target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

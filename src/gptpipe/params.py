@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import encodings
 import math
 import re
 from dataclasses import dataclass, field
@@ -19,6 +20,10 @@ import yaml
 from .errors import UserError
 
 PARAMS_FILE = "params.yaml"
+MAX_LR = 1.0  # far above any useful step size (AdamW: ~1e-3), far below overflow
+# logits / temperature: 0.01 is already greedy in all but name; a tiny one (1e-38)
+# overflows fp32 logits to inf, and softmax turns them into nan
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,9 @@ class DataParams:
 
 @dataclass(frozen=True)
 class CleanParams:
-    on_invalid_utf8: str = "error"   # error | replace
+    encoding: str = "utf-8"          # utf-8 | auto (BOM, then a detector) | any Python codec
+    on_invalid_utf8: str = "error"   # error | replace (undecodable bytes become U+FFFD)
+    max_replaced_fraction: float = 0.001  # replace: fail when more of a file is U+FFFD
     ascii_punctuation: bool = False  # fold typographic quotes and dashes to ASCII
     play_markdown: bool = True       # turn the embedded plays' markdown into SPEAKER: form
     stage_directions: bool = False   # keep stage directions from the plays
@@ -50,6 +57,7 @@ class TokenizerParams:
 @dataclass(frozen=True)
 class SplitParams:
     train_fraction: float = 0.9
+    max_val_overlap: float = 0.05    # warn when more of val occurs verbatim in train
 
 
 @dataclass(frozen=True)
@@ -218,21 +226,36 @@ def _check(ok: bool, key: str, rule: str, value: Any) -> None:
         raise UserError(f"params: {key}: must be {rule}, got {value!r}")
 
 
+def is_text_codec(name: str) -> bool:
+    """A codec of Python's own `encodings` that decodes bytes to text. (Not
+    codecs.lookup: a package may register a search function that accepts any name.)"""
+    info = encodings.search_function(name.strip().lower())
+    return info is not None and getattr(info, "_is_text_encoding", True)
+
+
 def validate(p: Params) -> Params:
     """The rules a value must follow; each failure names its key."""
     _check(p.data.source.strip() != "", "data.source", "a non-empty source", p.data.source)
     _check(p.data.sha256 == "" or re.fullmatch(r"[0-9a-fA-F]{64}", p.data.sha256) is not None,
            "data.sha256", "empty or 64 hex digits", p.data.sha256)
     _check(p.data.max_bytes > 0, "data.max_bytes", "> 0", p.data.max_bytes)
-    _check(p.data.timeout_s > 0, "data.timeout_s", "> 0", p.data.timeout_s)
+    _check(0 < p.data.timeout_s <= 3600, "data.timeout_s", "in (0, 3600]", p.data.timeout_s)
     _check(0 <= p.data.retries <= 10, "data.retries", "between 0 and 10", p.data.retries)
+    if p.clean.encoding != "auto" and not is_text_codec(p.clean.encoding):
+        raise UserError(f"params: clean.encoding: unknown codec {p.clean.encoding!r} "
+                        "(use utf-8, auto, or a Python text codec such as koi8_r, "
+                        "cp1251, utf-16)")
     _choice("clean.on_invalid_utf8", p.clean.on_invalid_utf8, ("error", "replace"))
+    _check(0 <= p.clean.max_replaced_fraction <= 1, "clean.max_replaced_fraction",
+           "between 0 and 1", p.clean.max_replaced_fraction)
     _choice("tokenizer.kind", p.tokenizer.kind, ("char", "bpe", "tiktoken"))
     if p.tokenizer.kind == "bpe":
         _check(256 <= p.tokenizer.vocab_size <= 65536, "tokenizer.vocab_size",
                "between 256 and 65536 for bpe (uint16 token ids)", p.tokenizer.vocab_size)
     _check(0 < p.split.train_fraction < 1, "split.train_fraction",
            "strictly between 0 and 1", p.split.train_fraction)
+    _check(0 <= p.split.max_val_overlap <= 1, "split.max_val_overlap", "between 0 and 1",
+           p.split.max_val_overlap)
     m = p.model
     _choice("model.kind", m.kind, ("gpt", "bigram", "modern"))
     for key in ("n_layer", "n_head", "n_embd", "block_size"):
@@ -246,33 +269,39 @@ def validate(p: Params) -> Params:
     t = p.train
     _check(t.batch_size >= 1, "train.batch_size", ">= 1", t.batch_size)
     _check(t.max_iters >= 1, "train.max_iters", ">= 1", t.max_iters)
-    _check(t.lr > 0, "train.lr", "> 0", t.lr)
+    # Ranges that keep an update finite (an lr of 1e38 overflows the first step).
+    _check(0 < t.lr <= MAX_LR, "train.lr", f"in (0, {MAX_LR:g}]", t.lr)
     _check(0 <= t.min_lr <= t.lr, "train.min_lr", "between 0 and train.lr", t.min_lr)
     _check(t.warmup_iters >= 0, "train.warmup_iters", ">= 0", t.warmup_iters)
-    _check(t.weight_decay >= 0, "train.weight_decay", ">= 0", t.weight_decay)
+    _check(0 <= t.weight_decay <= 1, "train.weight_decay", "between 0 and 1", t.weight_decay)
     _check(0 <= t.beta1 < 1, "train.beta1", "in [0, 1)", t.beta1)
     _check(0 <= t.beta2 < 1, "train.beta2", "in [0, 1)", t.beta2)
-    _check(t.grad_clip >= 0, "train.grad_clip", ">= 0 (0 = off)", t.grad_clip)
+    _check(0 <= t.grad_clip <= 1e6, "train.grad_clip", "between 0 (off) and 1e6",
+           t.grad_clip)
+    _check(0 <= t.seed < 2**63, "train.seed", "between 0 and 2**63 - 1", t.seed)
     _check(t.eval_interval >= 1, "train.eval_interval", ">= 1", t.eval_interval)
     _check(t.eval_batches >= 1, "train.eval_batches", ">= 1", t.eval_batches)
     _check(t.checkpoint_interval >= 1, "train.checkpoint_interval", ">= 1",
            t.checkpoint_interval)
     _check(t.grad_accum >= 1, "train.grad_accum", ">= 1", t.grad_accum)
-    _check(t.threads >= 0, "train.threads", ">= 0", t.threads)
+    _check(0 <= t.threads <= 1024, "train.threads", "between 0 and 1024", t.threads)
     _choice("train.device", t.device, ("auto", "cpu", "cuda", "mps"))
     _check(t.launcher.split()[:1] in (["python"], ["python3"], ["torchrun"]), "train.launcher",
            "'python' or 'torchrun --nproc_per_node=N'", t.launcher)
     _choice("train.autocast", t.autocast, ("auto", "bf16", "off"))
     _choice("train.optimizer", t.optimizer, ("adamw", "muon"))
-    _check(t.muon_lr > 0, "train.muon_lr", "> 0", t.muon_lr)
+    _check(0 < t.muon_lr <= MAX_LR, "train.muon_lr", f"in (0, {MAX_LR:g}]", t.muon_lr)
     _check(p.evaluate.batch_size >= 1, "evaluate.batch_size", ">= 1", p.evaluate.batch_size)
     s = p.sample
     _check(len(s.prompts) >= 1, "sample.prompts", "a non-empty list", list(s.prompts))
     _check(s.num_samples >= 1, "sample.num_samples", ">= 1", s.num_samples)
     _check(s.max_new_tokens >= 1, "sample.max_new_tokens", ">= 1", s.max_new_tokens)
-    _check(s.temperature >= 0, "sample.temperature", ">= 0 (0 = greedy)", s.temperature)
+    _check(s.temperature == 0 or MIN_TEMPERATURE <= s.temperature <= MAX_TEMPERATURE,
+           "sample.temperature",
+           f"0 (greedy) or between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}", s.temperature)
     _check(s.top_k is None or s.top_k >= 1, "sample.top_k", ">= 1, or null for off", s.top_k)
     _check(0 < s.top_p <= 1, "sample.top_p", "in (0, 1]", s.top_p)
+    _check(0 <= s.seed < 2**63, "sample.seed", "between 0 and 2**63 - 1", s.seed)
     _check(p.mlflow.experiment.strip() != "", "mlflow.experiment", "a non-empty name",
            p.mlflow.experiment)
     return p

@@ -3,6 +3,16 @@
 Whatever the source, the result is a directory of text files (data/raw/) and
 a report of what was fetched. Nothing is written until the whole source has
 been read and checked, so a failed download leaves no partial corpus.
+
+Each text is taken once: in a folder, a symlink to a file or folder inside it is
+an alias (reported, not copied), and a file byte-identical to an earlier one is a
+duplicate (reported, not copied). Otherwise a text would sit in both train and
+val, and the val loss would flatter the model.
+
+Credentials never go in data.source (DVC records params verbatim in dvc.lock,
+which users commit): a URL holding them is refused. They come from the
+environment (GPTPIPE_HTTP_USER + GPTPIPE_HTTP_PASSWORD for basic auth, or
+GPTPIPE_HTTP_TOKEN for a bearer token) or from ~/.netrc, which requests reads.
 """
 from __future__ import annotations
 
@@ -20,8 +30,14 @@ EMBEDDED = "shakespeare"
 LECTURE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/"
                "data/tinyshakespeare/input.txt")
 _SNIFF_BYTES = 8192
+ENV_USER, ENV_PASSWORD, ENV_TOKEN = "GPTPIPE_HTTP_USER", "GPTPIPE_HTTP_PASSWORD", \
+    "GPTPIPE_HTTP_TOKEN"
+# Byte order marks, longest first: UTF-32 LE starts with UTF-16 LE's.
+BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+        (b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
 _SECRET_QUERY_KEYS = {"token", "access_token", "key", "api_key", "apikey", "password",
-                      "secret", "signature", "sig", "x-amz-signature", "auth"}
+                      "secret", "signature", "sig", "x-amz-signature", "x-amz-credential",
+                      "x-amz-security-token", "auth"}
 
 
 @dataclass
@@ -29,6 +45,8 @@ class FetchResult:
     kind: str
     files: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
+    aliases: list[dict] = field(default_factory=list)     # links inside a folder
+    duplicates: list[dict] = field(default_factory=list)  # byte-identical copies
 
 
 def redact(source: str) -> str:
@@ -43,6 +61,20 @@ def redact(source: str) -> str:
     query = [(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in query]
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path,
                                     urllib.parse.urlencode(query, safe="*"), parts.fragment))
+
+
+def check_no_credentials(source: str) -> None:
+    """Refuse a URL that carries a user name, password or secret query value."""
+    parts = urllib.parse.urlsplit(source)
+    if parts.scheme.lower() not in ("http", "https", "file"):
+        return  # any other scheme is refused as unsupported (its message redacts)
+    query_keys = {k.lower() for k, _ in urllib.parse.parse_qsl(parts.query,
+                                                              keep_blank_values=True)}
+    if "@" in parts.netloc or query_keys & _SECRET_QUERY_KEYS:
+        raise UserError(f"data.source: {redact(source)} holds credentials, which DVC would "
+                        f"record in dvc.lock; remove them from the URL and set {ENV_USER} "
+                        f"and {ENV_PASSWORD} (or {ENV_TOKEN}) in the environment, or put "
+                        "the host in ~/.netrc")
 
 
 def source_is_watched(source: str, corpus_dir: Path = Path("corpus")) -> bool:
@@ -70,15 +102,39 @@ def embedded_plays_dir() -> Path:
     return plays
 
 
+def bom_encoding(head: bytes) -> str | None:
+    """The codec a byte order mark at the start of `head` names, if any."""
+    for bom, codec in BOMS:
+        if head.startswith(bom):
+            return codec
+    return None
+
+
 def is_text_file(path: Path) -> bool:
+    """No NUL bytes, or a UTF-16/32 byte order mark (whose text has NULs)."""
     with open(path, "rb") as fh:
         head = fh.read(_SNIFF_BYTES)
-    return b"\x00" not in head
+    return bom_encoding(head) is not None or b"\x00" not in head
+
+
+def is_blank_file(path: Path) -> bool:
+    """Empty or whitespace only (in the encoding its BOM names, else ASCII-compatible)."""
+    data = path.read_bytes()
+    codec = bom_encoding(data)
+    if codec is not None:
+        try:
+            return data.decode(codec).replace("\ufeff", "").strip() == ""
+        except UnicodeDecodeError:
+            return False
+    return data.strip() == b""
 
 
 def fetch(source: str, out_dir: Path, *, sha256: str = "", max_bytes: int,
           timeout_s: float, retries: int) -> FetchResult:
     """Fetch `source` into the (empty) directory `out_dir`."""
+    if source.strip() != source:
+        raise UserError(f"data.source: {redact(source)!r} has leading or trailing spaces")
+    check_no_credentials(source)
     if source == EMBEDDED:
         result = _copy_tree(embedded_plays_dir(), out_dir, EMBEDDED, max_bytes,
                             suffixes=(".md",))
@@ -107,7 +163,12 @@ def fetch(source: str, out_dir: Path, *, sha256: str = "", max_bytes: int,
 def _file_url_path(url: str) -> Path:
     import urllib.request
 
-    return Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc.lower() not in ("", "localhost"):
+        raise UserError(f"data.source: {redact(url)}: a file:// URL names a file on this "
+                        f"machine; host '{parts.hostname}' is not empty or localhost "
+                        "(fetch remote files over http or https)")
+    return Path(urllib.request.url2pathname(parts.path))
 
 
 def _fetch_path(path: Path, out_dir: Path, max_bytes: int, source: str) -> FetchResult:
@@ -120,6 +181,9 @@ def _fetch_path(path: Path, out_dir: Path, max_bytes: int, source: str) -> Fetch
         raise UserError(f"{path}: {size} bytes is over the size cap data.max_bytes={max_bytes}")
     if not is_text_file(path):
         raise UserError(f"{path}: not a text file (it holds NUL bytes)")
+    if is_blank_file(path):
+        raise UserError(f"data.source: {path}: the file is empty or whitespace only; "
+                        "nothing to train on")
     target = out_dir / path.name
     shutil.copyfile(path, target)
     return FetchResult("file", [_describe(target, out_dir)])
@@ -127,10 +191,12 @@ def _fetch_path(path: Path, out_dir: Path, max_bytes: int, source: str) -> Fetch
 
 def _copy_tree(root: Path, out_dir: Path, kind: str, max_bytes: int,
                suffixes: tuple[str, ...] | None = None) -> FetchResult:
-    """Copy the text files under `root`, in sorted path order, never leaving it."""
+    """Copy the text files under `root`, in sorted path order, never leaving it,
+    each text once."""
     result = FetchResult(kind)
     real_root = root.resolve()
     total = 0
+    first_of: dict[str, str] = {}  # sha256 -> the first path with those bytes
     candidates = sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink())
     for path in candidates:
         rel = path.relative_to(root).as_posix()
@@ -138,14 +204,25 @@ def _copy_tree(root: Path, out_dir: Path, kind: str, max_bytes: int,
             continue  # hidden files and folders (.git, .DS_Store) are not corpus
         if path.is_symlink():
             target = path.resolve()
-            if not target.is_relative_to(real_root) or not target.is_file():
+            if not target.is_relative_to(real_root) or not target.exists():
                 result.skipped.append({"path": rel, "reason": "symlink out of the directory"})
-                continue
+            else:  # `X.u8 -> X`: the same text under a second name
+                result.aliases.append({"path": rel,
+                                       "target": target.relative_to(real_root).as_posix()})
+            continue
         if suffixes is not None and path.suffix not in suffixes:
             continue
         if not is_text_file(path):
             result.skipped.append({"path": rel, "reason": "binary (NUL bytes)"})
             continue
+        if is_blank_file(path):
+            result.skipped.append({"path": rel, "reason": "empty or whitespace only"})
+            continue
+        digest = sha256_file(path)
+        if digest in first_of:
+            result.duplicates.append({"path": rel, "same_as": first_of[digest]})
+            continue
+        first_of[digest] = rel
         total += path.stat().st_size
         if total > max_bytes:
             raise UserError(f"{root}: more than data.max_bytes={max_bytes} bytes of text")
@@ -154,7 +231,10 @@ def _copy_tree(root: Path, out_dir: Path, kind: str, max_bytes: int,
         shutil.copyfile(path, target)
         result.files.append(_describe(target, out_dir))
     if not result.files:
-        why = "only non-text files" if result.skipped else "no files"
+        reasons = {entry["reason"] for entry in result.skipped}
+        why = ("no files" if not reasons else "only non-text files"
+               if reasons == {"binary (NUL bytes)"} else "only empty files"
+               if reasons == {"empty or whitespace only"} else "only non-text or empty files")
         raise UserError(f"data.source: directory {root} has {why}; nothing to train on")
     return result
 
@@ -182,6 +262,7 @@ def _fetch_url(url: str, out_dir: Path, max_bytes: int, timeout_s: float,
                   backoff_factor=0.5, status_forcelist=(500, 502, 503, 504),
                   allowed_methods=("GET",), raise_on_status=True)
     session = requests.Session()
+    session.auth = _auth_from_env(shown)  # None: requests falls back to ~/.netrc
     session.mount("http://", HTTPAdapter(max_retries=retry))
     session.mount("https://", HTTPAdapter(max_retries=retry))
     target = out_dir / _url_filename(url)
@@ -233,8 +314,34 @@ def _fetch_url(url: str, out_dir: Path, max_bytes: int, timeout_s: float,
         raise UserError(f"{shown}: {_reason(exc)}") from None
     if not is_text_file(target):
         raise UserError(f"{shown}: not a text file (it holds NUL bytes)")
+    if is_blank_file(target):
+        raise UserError(f"data.source: {shown}: the body is empty or whitespace only; "
+                        "nothing to train on")
     return FetchResult("url", [{"path": target.name, "bytes": got,
                                 "sha256": digest.hexdigest()}])
+
+
+def _auth_from_env(shown: str):
+    """Basic auth or a bearer token from the environment; None when neither is set."""
+    import requests
+
+    user, password = os.environ.get(ENV_USER), os.environ.get(ENV_PASSWORD)
+    token = os.environ.get(ENV_TOKEN)
+    if token and (user or password):
+        raise UserError(f"{shown}: set either {ENV_TOKEN} or {ENV_USER}/{ENV_PASSWORD}, "
+                        "not both")
+    if token:
+        class Bearer(requests.auth.AuthBase):
+            def __call__(self, request):
+                request.headers["Authorization"] = f"Bearer {token}"
+                return request
+
+        return Bearer()
+    if bool(user) != bool(password):
+        missing = ENV_PASSWORD if user else ENV_USER
+        raise UserError(f"{shown}: {missing} is not set ({ENV_USER} and {ENV_PASSWORD} "
+                        "go together)")
+    return (user, password) if user else None
 
 
 def _reason(exc: Exception) -> str:
