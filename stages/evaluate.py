@@ -40,6 +40,11 @@ def main() -> None:
                                      for split, values in metrics.items()
                                      for key, value in values.items()])
         tracker.log_artifact(run_id, METRICS, "metrics")
+        from gptpipe.registry import promote
+
+        outcome = promote(tracker, run_id, metrics["val"]["bits_per_char"])
+        if outcome:
+            print(f"evaluate: {outcome}")
 
 
 if __name__ == "__main__":

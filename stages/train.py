@@ -85,8 +85,13 @@ def _write_outputs(trainer, cfg, p, data_hashes, run_id, tracker) -> None:
     tracker.log_artifact(run_id, CURVE, "plots")
     tracker.log_artifact(run_id, HISTORY, "history")
     tracker.log_artifact(run_id, TOKENIZER, "tokenizer")
-    if p.mlflow.log_model:
-        tracker.log_artifact(run_id, MODEL, "model")
+    if p.mlflow.log_model:  # an MLflow model (runs:/<run_id>/model), a new registered version
+        from gptpipe import registry
+
+        version = registry.log_model(tracker, run_id, MODEL, TOKENIZER, p.mlflow.registered_model,
+                                     exp_name=os.environ.get("DVC_EXP_NAME"))
+        print(f"train: logged model runs:/{run_id}/model, "
+              f"registered as models:/{p.mlflow.registered_model}/{version}")
 
 
 def _raw_corpus_sha256() -> str:

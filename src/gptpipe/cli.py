@@ -1,6 +1,7 @@
 """`gptpipe`: commands for people, outside DVC.
 
     gptpipe sample --prompt "ROMEO:"     stream text from the trained model
+    gptpipe sample --model models:/gptpipe@champion    ... or from a registered one
     gptpipe lineage RUN_ID               how to get back the code and data of a run
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .errors import UserError, run_main
 def _sample(args: argparse.Namespace) -> None:
     from . import params as params_mod
     from .inference import encode_prompt, load_model
+    from .registry import model_files
     from .sampling import stream
 
     defaults = params_mod.SampleParams()
@@ -29,7 +31,8 @@ def _sample(args: argparse.Namespace) -> None:
     # The same rules as params.yaml's sample section, named by their flags.
     params_mod.from_dict({"sample": {"temperature": temperature, "top_k": top_k,
                                      "top_p": top_p, "max_new_tokens": max_new}})
-    model, tokenizer = load_model(args.model)
+    with model_files(args.model) as (weights, tokenizer_file):
+        model, tokenizer = load_model(weights, tokenizer_path=tokenizer_file)
     prompt = args.prompt if args.prompt is not None else defaults.prompts[0]
     ids = encode_prompt(tokenizer, prompt, "--prompt")
     decode = tokenizer.stream_decoder()
@@ -88,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     sample = commands.add_parser("sample", help="stream text from the trained model")
     sample.add_argument("--prompt", default=None)
-    sample.add_argument("--model", default="models/model.pt")
+    sample.add_argument("--model", default="models/model.pt",
+                        help="a model file, runs:/<run_id>/model, models:/<name>@<alias> "
+                             "or models:/<name>/<version>")
     sample.add_argument("--params", default="params.yaml",
                         help="defaults come from its sample section")
     sample.add_argument("--max-new-tokens", type=int, default=None)

@@ -115,7 +115,8 @@ class SampleParams:
 @dataclass(frozen=True)
 class MlflowParams:
     experiment: str = "gptpipe"
-    log_model: bool = True
+    log_model: bool = True           # log the trained model as an MLflow model
+    registered_model: str = "gptpipe"  # each logged model: a new version of this name
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,9 @@ def validate(p: Params) -> Params:
     _check(0 <= s.seed < 2**63, "sample.seed", "between 0 and 2**63 - 1", s.seed)
     _check(p.mlflow.experiment.strip() != "", "mlflow.experiment", "a non-empty name",
            p.mlflow.experiment)
+    _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", p.mlflow.registered_model) is not None,
+           "mlflow.registered_model", "a name of letters, digits, '_', '.', '-'",
+           p.mlflow.registered_model)
     return p
 
 

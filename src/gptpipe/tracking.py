@@ -87,10 +87,11 @@ def _retry_locked(fn, *args, **kwargs):
 
 
 @contextlib.contextmanager
-def _store_init_lock(uri: str) -> Iterator[None]:
-    """One process at a time creates a sqlite store's tables: parallel `dvc exp run -j 2`
-    jobs on a new mlflow.db otherwise race through the schema migrations and fail
-    ("duplicate column name"). The lock file sits beside the store (gitignored)."""
+def store_lock(uri: str, purpose: str = "init") -> Iterator[None]:
+    """One process at a time does `purpose` on a sqlite store: parallel `dvc exp run
+    -j 2` jobs on a new mlflow.db otherwise race through the schema migrations and
+    fail ("duplicate column name"), or both move the champion alias. The lock file
+    sits beside the store (gitignored)."""
     try:
         import fcntl
     except ImportError:  # not POSIX
@@ -98,7 +99,7 @@ def _store_init_lock(uri: str) -> Iterator[None]:
     if fcntl is None or not uri.startswith("sqlite:///"):
         yield
         return
-    with open(uri[len("sqlite:///"):] + "-init.lock", "a") as fh:
+    with open(uri[len("sqlite:///"):] + f"-{purpose}.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -120,7 +121,7 @@ class Tracker:
         self.uri = uri or tracking_uri()
         check_reachable(self.uri)
         mlflow.set_tracking_uri(self.uri)
-        with _store_init_lock(self.uri):  # opens (on first use creates) the store
+        with store_lock(self.uri):  # opens (on first use creates) the store
             self.client = MlflowClient(tracking_uri=self.uri)
             _retry_locked(self.client.search_experiments, max_results=1)
 

@@ -1,0 +1,244 @@
+"""MLflow models (MLflow-only code, next to tracking.py): log the trained model,
+register each one as a new version, move the `champion` alias, and resolve a
+model reference (path or URI) to local weight and tokenizer files.
+
+The champion rule: after evaluate measures a version, `champion` points at the
+version with the lowest val bits/char among the versions measured on the same
+val data (same val.npy sha256) as that version; ties go to the older version.
+Models measured on other val data are never compared: the champion follows the
+data the pipeline evaluated last, and on new data its first model is champion
+until a better one on that data arrives.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from . import __version__
+from .errors import UserError
+
+MODEL_NAME = "model"       # runs:/<run_id>/model
+CHAMPION = "champion"
+VAL_SHA_TAG, BPC_TAG = "data.sha256.val.npy", "val.bits_per_char"
+# run tags copied onto each model version
+VERSION_TAGS_FROM_RUN = ("git.commit", "git.dirty", "data.sha256.train.npy", VAL_SHA_TAG,
+                         "data.sha256.tokenizer.json", "data.sha256.raw")
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from .mlflow_model import PREDICT_DEFAULTS
+
+    kinds = {int: "long", float: "double"}
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "prompt")]), outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec(key, kinds[type(value)], value)
+                            for key, value in PREDICT_DEFAULTS.items()]))
+
+
+def log_model(tracker, run_id: str, weights: Path, tokenizer: Path, registered_model: str,
+              exp_name: str | None = None, example_prompt: str = "\n") -> str:
+    """Log the model of `run_id` as an MLflow model ("models from code") linked to
+    the run, and register it as a new version of `registered_model`. Returns the
+    version."""
+    import mlflow
+    import pandas as pd
+    import torch
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.models import Model
+
+    from . import mlflow_model
+    from .tracking import _retry_locked
+
+    client = tracker.client
+    run = _retry_locked(client.get_run, run_id)
+    # Created here, in the run's experiment (Model.log would use the active one).
+    logged = _retry_locked(client.create_logged_model, run.info.experiment_id, name=MODEL_NAME,
+                           source_run_id=run_id, params=run.data.params, model_type="gptpipe")
+
+    config = {mlflow_model.FORMAT_KEY: mlflow_model.FORMAT, mlflow_model.VERSION_KEY: __version__}
+    try:  # Model.log (not pyfunc.log_model): it takes the run id, no active run needed
+        info = Model.log(  # not retried on a locked store: it would log twice
+            artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
+            model_id=logged.model_id, python_model=mlflow_model.__file__,
+            artifacts={"weights": str(weights), "tokenizer": str(tokenizer)},
+            model_config=config, metadata=config, signature=_signature(),
+            input_example=(pd.DataFrame({"prompt": [example_prompt]}), {"max_new_tokens": 8}),
+            pip_requirements=[f"mlflow=={mlflow.__version__}",
+                              f"torch=={torch.__version__.split('+')[0]}",
+                              f"gptpipe=={__version__}"],
+            registered_model_name=registered_model, await_registration_for=0)
+    except BaseException:
+        _retry_locked(client.finalize_logged_model, logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    version = str(info.registered_model_version)
+    tags = {key: run.data.tags[key] for key in VERSION_TAGS_FROM_RUN if key in run.data.tags}
+    tags["dvc.exp_name"] = exp_name or "(workspace)"
+    for key, value in tags.items():
+        _retry_locked(client.set_model_version_tag, registered_model, version, key, value)
+    return version
+
+
+def run_version(tracker, run_id: str):
+    """The registered model version logged by `run_id`, or None."""
+    from .tracking import _retry_locked
+
+    found = _retry_locked(tracker.client.search_model_versions, f"run_id = '{run_id}'")
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def promote(tracker, run_id: str, val_bits_per_char: float) -> str | None:
+    """Tag the run's model version with its val bits/char and apply the champion
+    rule (module docstring). Returns what happened, for the log; None when the
+    run logged no model."""
+    from .tracking import _retry_locked, store_lock
+
+    client = tracker.client
+    version = run_version(tracker, run_id)
+    if version is None:
+        return None
+    name = version.name
+    _retry_locked(client.set_model_version_tag, name, version.version, BPC_TAG,
+                  repr(float(val_bits_per_char)))
+    val_sha = version.tags.get(VAL_SHA_TAG)
+    with store_lock(tracker.uri, "registry"):  # parallel `dvc exp run -j 2` evaluates
+        versions = _retry_locked(client.search_model_versions, f"name = '{name}'")
+        rivals = [v for v in versions if v.tags.get(VAL_SHA_TAG) == val_sha
+                  and (BPC_TAG in v.tags or v.version == version.version)]
+        score = {v.version: float(v.tags.get(BPC_TAG, val_bits_per_char)) for v in rivals}
+        best = min(rivals, key=lambda v: (score[v.version], int(v.version)))
+        current = _current_champion(client, name)
+        if current is not None and current.version == best.version:
+            return (f"champion stays {name} v{best.version} "
+                    f"({score[best.version]:.4f} val bits/char)")
+        _retry_locked(client.set_registered_model_alias, name, CHAMPION, best.version)
+    was = f"; was v{current.version}" if current is not None else ""
+    return f"champion -> {name} v{best.version} ({score[best.version]:.4f} val bits/char{was})"
+
+
+def _current_champion(client, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except Exception:  # noqa: BLE001 - MlflowException: no such alias yet
+        return None
+
+
+# ---- resolving a model reference -------------------------------------------------
+
+def is_uri(ref: str) -> bool:
+    return ref.startswith(("runs:/", "models:/"))
+
+
+@contextlib.contextmanager
+def model_files(ref: str) -> Iterator[tuple[Path, Path | None]]:
+    """(weights, tokenizer) files for a model reference, in one place for every
+    command that loads a model:
+
+        models/model.pt               a model file (its tokenizer: the path it records)
+        DIR                           a downloaded MLflow model (holds MLmodel)
+        runs:/<run_id>/model          the model a run logged
+        models:/<name>@<alias>        a registered version by alias (e.g. champion)
+        models:/<name>/<version>      a registered version by number
+
+    URIs are downloaded to a temp dir that lives for the `with` block. The
+    tokenizer is None when the model file names it itself."""
+    if not is_uri(ref):
+        path = Path(ref)
+        if (path / "MLmodel").is_file():
+            yield _mlmodel_files(path, ref)
+        else:
+            yield path, None
+        return
+    with tempfile.TemporaryDirectory(prefix="gptpipe-model-") as tmp:
+        yield _download(ref, Path(tmp))
+
+
+def _mlmodel_files(folder: Path, ref: str) -> tuple[Path, Path]:
+    from mlflow.models import Model
+
+    from .mlflow_model import check_format
+
+    conf = Model.load(str(folder)).flavors.get("python_function", {})
+    check_format(conf.get("config"), ref)  # the model_config given to Model.log
+    artifacts = conf.get("artifacts", {})
+    try:
+        return tuple(folder / artifacts[key]["path"] for key in ("weights", "tokenizer"))
+    except KeyError:
+        raise UserError(f"{ref}: an MLflow model without gptpipe weights and tokenizer") \
+            from None
+
+
+def _download(uri: str, dest: Path) -> tuple[Path, Path]:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from .tracking import Tracker, redact_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line or none
+    try:
+        tracker = Tracker()
+    except UserError as exc:
+        raise UserError(f"{uri}: {exc}") from None
+    store = redact_uri(tracker.uri)
+    _check_exists(tracker.client, uri, store)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest),
+                                                         tracking_uri=tracker.uri))
+    except MlflowException as exc:
+        if uri.startswith("runs:/"):
+            raise UserError(f"{uri}: run has no logged model {uri.split('/')[-1]!r} "
+                            "(trained with mlflow.log_model: false?)") from None
+        raise UserError(f"{uri}: cannot download the model ({str(exc).splitlines()[0]})") \
+            from None
+    if (local / "MLmodel").is_file():
+        return _mlmodel_files(local, uri)
+    if uri.startswith("runs:/") and (local / "model.pt").is_file():
+        # Logged by gptpipe 0.1.0 before MLflow models: model.pt and the tokenizer
+        # as plain run artifacts; still loadable.
+        run_id = uri[len("runs:/"):].split("/")[0]
+        try:
+            tokenizer = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"runs:/{run_id}/tokenizer/tokenizer.json",
+                dst_path=str(dest / "tokenizer"), tracking_uri=tracker.uri)
+        except MlflowException:
+            raise UserError(f"{uri}: the run has model.pt but no tokenizer/tokenizer.json "
+                            "artifact") from None
+        return local / "model.pt", Path(tokenizer)
+    raise UserError(f"{uri}: no MLflow model there (no MLmodel file)")
+
+
+def _check_exists(client, uri: str, store: str) -> None:
+    """Name the missing piece (model, alias, version, run) before downloading."""
+    from mlflow.exceptions import MlflowException
+
+    def missing(call, *args) -> bool:
+        try:
+            call(*args)
+            return False
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+                return True
+            raise UserError(f"{uri}: {str(exc).splitlines()[0]}") from None
+
+    if uri.startswith("runs:/"):
+        run_id = uri[len("runs:/"):].split("/")[0]
+        if not run_id or missing(client.get_run, run_id):
+            raise UserError(f"{uri}: no run {run_id!r} in {store}")
+        return
+    rest = uri[len("models:/"):]
+    name, alias = rest.split("@", 1) if "@" in rest else (rest.split("/")[0], None)
+    version = None if alias is not None else (rest.split("/") + [""])[1]
+    if not name or missing(client.get_registered_model, name):
+        raise UserError(f"{uri}: no registered model {name!r} in {store}")
+    if alias is not None and missing(client.get_model_version_by_alias, name, alias):
+        aliases = sorted(client.get_registered_model(name).aliases)
+        raise UserError(f"{uri}: registered model {name!r} has no alias {alias!r} "
+                        f"(aliases: {', '.join(aliases) or 'none'})")
+    if alias is None and (not version.isdigit() or missing(client.get_model_version, name,
+                                                            version)):
+        raise UserError(f"{uri}: registered model {name!r} has no version {version!r}")
