@@ -2,7 +2,7 @@
 # Install headless Chromium and its WebDriver (Debian packages `chromium` and
 # `chromium-driver`) for tests/test_browser.py. Idempotent: does nothing when
 # /usr/bin/chromium and /usr/bin/chromedriver already exist. Uses sudo only
-# when not root. Without them the browser test skips, naming the reason.
+# when not root. Without them the browser test skips locally and fails in CI.
 set -euo pipefail
 
 CHROMIUM=/usr/bin/chromium

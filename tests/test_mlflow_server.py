@@ -12,7 +12,7 @@ import os
 import pytest
 import requests
 
-from conftest import env_for, make_project, run, tiny_text
+from conftest import env_for, make_project, require_module, run, tiny_text
 from servers import MlflowServer, start_server  # noqa: F401 - start_server: test_browser
 
 
@@ -95,3 +95,65 @@ def test_server_process_tree_is_gone_after_stop(tmp_path):
         os.killpg(pid, 0)
     with pytest.raises(requests.ConnectionError):
         requests.get(server.url + "/health", timeout=2)
+
+
+@pytest.mark.slow
+def test_pipeline_on_a_shared_server_with_basic_auth(request, tmp_path):
+    """README "A shared MLflow server": `mlflow server --app-name basic-auth`, each user
+    with MLFLOW_TRACKING_USERNAME/PASSWORD. The run lands on the server under that
+    user; a request without credentials is refused; the password lands nowhere."""
+    require_module("flask_wtf", "`pip install -e '.[dev]'` (make test; the dev extra "
+                                "has mlflow[auth])")
+    root = tmp_path / "auth-server"
+    root.mkdir()
+    admin_password, alice_password = "admin-Pw-4242", "alice-Pw-1717"
+    (root / "basic_auth.ini").write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{root / 'basic_auth.db'}\n"
+        "admin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    server = MlflowServer(root, app_name="basic-auth", auth=("admin", admin_password),
+                          extra_env={"MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
+                                     "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+                                     "MLFLOW_FLASK_SERVER_SECRET_KEY": "gptpipe-test"})
+    request.addfinalizer(server.stop)
+    server.start()
+    server.post("/api/2.0/mlflow/users/create",
+                {"username": "alice", "password": alice_password})
+    anonymous = requests.post(f"{server.url}/api/2.0/mlflow/runs/search",
+                              json={"experiment_ids": ["0"]}, timeout=30)
+    assert anonymous.status_code == 401, anonymous.text
+
+    project = make_project(tmp_path / "proj", corpus=tiny_text())
+    env = env_for(project, MLFLOW_TRACKING_URI=server.url,
+                  MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD=alice_password,
+                  NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    result = run(["dvc", "repro"], project, env=env)
+    assert not (project / "mlflow.db").exists(), "the run went to a local store"
+    run_id = json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
+    info = server.get("/api/2.0/mlflow/runs/get", run_id=run_id)["run"]
+    assert info["info"]["status"] == "FINISHED"
+    metrics = {m["key"] for m in info["data"]["metrics"]}
+    assert {"val_loss", "val.loss"} <= metrics  # train and evaluate both got in
+    text = requests.get(f"{server.url}/get-artifact", timeout=30, auth=server.auth,
+                        params={"run_uuid": run_id, "path": "samples/samples.md"})
+    assert text.ok and text.text == (project / "reports/samples.md").read_text()
+
+    # The password is nowhere a user could commit or read.
+    seen = result.stdout + result.stderr + (project / "dvc.lock").read_text()
+    for path in (project / "reports").rglob("*"):
+        if path.is_file():
+            seen += path.read_text(errors="replace")
+    tags = {t["key"]: t["value"] for t in info["data"].get("tags", [])}
+    params = {p["key"]: p["value"] for p in info["data"].get("params", [])}
+    seen += json.dumps(tags) + json.dumps(params)
+    assert alice_password not in seen
+
+    # A wrong password: refused before training, one line, without the password.
+    (project / "params.yaml").write_text(
+        (project / "params.yaml").read_text().replace("max_iters: 30", "max_iters: 31"))
+    wrong = run(["python", "stages/train.py"], project, check=False, timeout=300,
+                env={**env, "MLFLOW_TRACKING_PASSWORD": "not-" + alice_password})
+    assert wrong.returncode != 0
+    assert "not-" + alice_password not in wrong.stdout + wrong.stderr
+    assert " step " not in wrong.stdout, "it trained with credentials the server refuses"

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import run
+from conftest import env_for, run
 
 
 def _client(project):
@@ -70,14 +72,38 @@ def test_seven_stages_then_sample_only_rerun_into_the_same_run(project):
     assert len(client.search_runs([mlrun.info.experiment_id])) == 1
 
 
+def _read_as_it_comes(cmd: list[str], cwd) -> tuple[list[tuple[bytes, bool]], int]:
+    """The process's stdout as the pipe delivers it: (chunk, was the process still
+    running when the chunk arrived) for each read."""
+    env = env_for(cwd)
+    env.pop("PYTHONUNBUFFERED", None)  # a pipe, buffered as a user's would be
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    chunks = []
+    try:
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            chunks.append((chunk, proc.poll() is None))
+        return chunks, proc.wait(timeout=120)
+    finally:
+        proc.kill()
+        proc.stdout.close()
+
+
 def test_sample_command_streams_from_the_trained_model(project):
     run(["dvc", "repro", "train"], project)
-    out = run(["gptpipe", "sample", "--prompt", "ROMEO:", "--max-new-tokens", "30",
-               "--seed", "7"], project)
-    again = run(["gptpipe", "sample", "--prompt", "ROMEO:", "--max-new-tokens", "30",
-                 "--seed", "7"], project)
-    assert out.stdout.startswith("ROMEO:") and len(out.stdout) > len("ROMEO:") + 10
-    assert out.stdout == again.stdout
+    cmd = ["gptpipe", "sample", "--prompt", "ROMEO:", "--max-new-tokens", "400", "--seed", "7"]
+    chunks, code = _read_as_it_comes(cmd, project)
+    assert code == 0
+    streamed = b"".join(chunk for chunk, _ in chunks).decode()
+    # Streaming: text arrives in pieces while the model is still generating, not all
+    # at once when the process ends (a buffered print would arrive in one read).
+    generated = [alive for chunk, alive in chunks if chunk.strip()]
+    assert len(generated) >= 2, chunks
+    assert generated[0], "the first text arrived only once the process had ended"
+    assert streamed.startswith("ROMEO:") and len(streamed) > len("ROMEO:") + 100
+    # the same text as a run that is read only at the end (same seed)
+    again = run(cmd, project)
+    assert again.stdout == streamed
     bad = run(["gptpipe", "sample", "--prompt", "€uro"], project, check=False)
     assert bad.returncode != 0
     assert bad.stderr.strip().count("\n") == 0 and "'€'" in bad.stderr

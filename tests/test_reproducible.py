@@ -251,3 +251,52 @@ def test_a_checkpoint_of_other_params_is_never_resumed(trained_to_split):
     assert "train.lr" in errors[0] and "refused" in errors[0]
     assert "Traceback" not in refused.stderr + refused.stdout
     assert "resuming" not in refused.stdout
+
+
+def _plant_under(project: Path, foreign: Path, **changed) -> Path:
+    """A copy of checkpoint `foreign` where a run whose identity differs from the one
+    `foreign` records by `changed` looks for its checkpoint (its identity key)."""
+    from gptpipe import checkpoints
+
+    identity = {**checkpoints.load(foreign)["identity"], **changed}
+    planted = project / ".gptpipe" / "checkpoints" / checkpoints.identity_key(identity)
+    planted.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(foreign, planted / "checkpoint.pt")
+    return planted / "checkpoint.pt"
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_other_data_or_another_world_size_is_refused(tmp_path):
+    import numpy as np
+
+    project = make_project(tmp_path / "proj", RESUME_PARAMS, corpus=tiny_text())
+    run(["dvc", "repro", "split"], project, timeout=120)
+    job = Job(["python", "stages/train.py"], project)
+    job.wait_until(lambda: bool(checkpoint_files(project)), timeout=180)
+    job.kill()
+    [foreign] = checkpoint_files(project)
+
+    # Other data: the same tokens in another order in val.npy, a checkpoint planted
+    # where this data's run looks for its own.
+    val = project / "data/split/val.npy"
+    original_val = val.read_bytes()
+    np.save(val, np.load(val)[::-1].copy())
+    planted = _plant_under(project, foreign, **{"sha256.val.npy": sha256(val)})
+    refused = run(["python", "stages/train.py"], project, check=False, timeout=180)
+    errors = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode != 0 and len(errors) == 1, refused.stderr
+    assert errors[0].startswith(f"train: error: {planted}: checkpoint is from another run, "
+                                "refused: sha256.val.npy ("), errors[0]
+    assert "resuming" not in refused.stdout and not STEP_LINE.search(refused.stdout)
+
+    # Another world size (the same data again): the world-1 checkpoint where a
+    # 2-process run looks.
+    val.write_bytes(original_val)
+    planted = _plant_under(project, foreign, world_size=2)
+    refused = run(["python", "-m", "torch.distributed.run", "--nproc_per_node=2",
+                   "stages/train.py"], project, check=False, timeout=300)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0, output
+    assert (f"train: error: {planted}: checkpoint is from another run, refused: "
+            "world_size (1 != 2)") in refused.stderr, output
+    assert "resuming" not in refused.stdout and not STEP_LINE.search(refused.stdout)

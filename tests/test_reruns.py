@@ -44,3 +44,36 @@ def test_each_change_reruns_exactly_the_stages_it_reaches(tmp_path):
     source.write_text(with_typographic_quotes(tiny_text(30_000)), encoding="utf-8")
     assert ran(project) == ALL
     assert ran(project) == []
+
+
+@pytest.mark.slow
+def test_your_own_text_under_dvc_add(tmp_path):
+    """README "Your own text": `dvc add corpus/gibran.txt`, commit the .dvc file, point
+    data.source at it. A text change reruns every stage from download on; a sample.*
+    change reruns only sample; no change runs nothing."""
+    import yaml
+
+    project = make_project(tmp_path / "proj")
+    text = project / "corpus" / "gibran.txt"
+    text.write_text(tiny_text(30_000), encoding="utf-8")
+    run(["dvc", "add", "corpus/gibran.txt"], project)
+    assert "/gibran.txt" in (project / "corpus" / ".gitignore").read_text()  # not in git
+    write_params(project, {"data": {"source": "corpus/gibran.txt"}})
+    run(["git", "add", "corpus/gibran.txt.dvc", "corpus/.gitignore", "params.yaml"], project)
+    run(["git", "commit", "-qm", "my corpus under DVC"], project)
+
+    assert ran(project) == ALL
+    raw = project / "data" / "raw" / "gibran.txt"
+    assert raw.read_bytes() == text.read_bytes()
+    assert ran(project) == []
+    write_params(project, {"sample": {"temperature": 0.5}})
+    assert ran(project) == ["sample"]
+
+    text.write_text(tiny_text(34_000), encoding="utf-8")  # the text changes
+    run(["dvc", "add", "corpus/gibran.txt"], project)
+    recorded = yaml.safe_load((project / "corpus" / "gibran.txt.dvc").read_text())
+    assert recorded["outs"][0]["size"] == text.stat().st_size
+    assert ran(project) == ALL
+    assert raw.read_bytes() == text.read_bytes()
+    assert ran(project) == []
+    assert "up to date" in run(["dvc", "status"], project).stdout

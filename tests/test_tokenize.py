@@ -169,7 +169,8 @@ def test_bpe_vocab_size_bounds(vocab_size):
 
 @pytest.mark.parametrize("vocab_size", [256, 65536])
 def test_bpe_vocab_size_limits_are_valid(vocab_size):
-    assert params.from_dict({"tokenizer": {"kind": "bpe", "vocab_size": vocab_size}})
+    p = params.from_dict({"tokenizer": {"kind": "bpe", "vocab_size": vocab_size}})
+    assert (p.tokenizer.kind, p.tokenizer.vocab_size) == ("bpe", vocab_size)
 
 
 # --- the stage ---------------------------------------------------------------------------
