@@ -13,7 +13,8 @@ import pytest
 import requests
 
 from conftest import env_for, make_project, require_module, run, tiny_text
-from servers import MlflowServer, start_server  # noqa: F401 - start_server: test_browser
+from servers import (  # noqa: F401 - free_port, start_server: for test_mlflow_models, test_browser
+    MlflowServer, free_port, start_server)
 
 
 @pytest.fixture
