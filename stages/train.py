@@ -22,6 +22,7 @@ MODEL = Path("models/model.pt")
 SUMMARY, LOSSES = Path("reports/train.json"), Path("reports/train_losses.csv")
 HISTORY, CURVE = Path("reports/train_history.csv"), Path("reports/loss_curve.png")
 RUN_REF = Path("reports/mlflow_run.json")
+DOWNLOAD = Path("reports/download.json")
 SPLIT_REPORT = Path("reports/split.json")
 
 
@@ -43,7 +44,11 @@ def main() -> None:
 
     should_stop = stop_on_signals()
     with tracker.stage(run.run_id) if world.is_main else contextlib.nullcontext():
-        run.train(should_stop)
+        if world.is_main:  # the run page's Datasets; CPU and memory while training
+            tracker.log_data_inputs(run.run_id, {"train": (TRAIN, data_hashes["train.npy"]),
+                                                 "val": (VAL, data_hashes["val.npy"])}, DOWNLOAD)
+        with tracker.system_metrics(run.run_id) if world.is_main else contextlib.nullcontext():
+            run.train(should_stop)
         if world.is_main:
             _write_outputs(run.trainer, run.config, p, data_hashes, run.run_id, tracker)
     run.close()
@@ -74,14 +79,17 @@ def _write_outputs(trainer, cfg, p, data_hashes, run_id, tracker) -> None:
         "tokenizer": {"path": TOKENIZER.as_posix(), "sha256": data_hashes["tokenizer.json"]},
         "step": trainer.step})
     last = trainer.history[-1]
+    best = min(trainer.history, key=lambda row: (row.val_loss, row.step))
     write_json(SUMMARY, {"parameters": count_params(trainer.model), "steps": trainer.step,
                          "final_train_loss": round(last.train_loss, 6),
                          "final_val_loss": round(last.val_loss, 6),
+                         "best_val_loss": round(best.val_loss, 6), "best_val_step": best.step,
                          "model": cfg.as_dict()})
     write_text(LOSSES, losses_csv(trainer.history))
     write_text(HISTORY, history_csv(trainer.history))
     write_loss_curve(trainer.history, CURVE, f"{cfg.kind}: {count_params(trainer.model):,} params")
     write_json(RUN_REF, {"run_id": run_id, "experiment": p.mlflow.experiment})
+    tracker.log_best_val(run_id, best.val_loss, best.step)
     tracker.log_artifact(run_id, CURVE, "plots")
     tracker.log_artifact(run_id, HISTORY, "history")
     tracker.log_artifact(run_id, TOKENIZER, "tokenizer")
