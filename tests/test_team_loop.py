@@ -127,8 +127,15 @@ def test_ci_retrains_pushes_and_a_teammate_pulls_the_same_model(team, tmp_path):
     assert new_run != base_run
     runs_section = report.split("## MLflow runs")[1].split("\n## ")[0]
     assert f"New run `{new_run}`; the base's run: `{base_run}`" in runs_section
-    # HOOK (issue 11 item 6, not on main yet): the `gptpipe runs --markdown` table
-    # in runs_section, one row each for new_run and base_run, the champion marked.
+    # the `gptpipe runs` table: the new run next to the base's (the champion before
+    # this rerun is one of them: the failed attempt's evaluate may have moved it)
+    table_rows = [line for line in runs_section.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in table_rows[0].strip("|").split("|")]
+    assert header[0] == "run_id" and "champion" in header, runs_section
+    rows = {cells[0]: dict(zip(header, cells)) for cells in
+            ([c.strip() for c in row.strip("|").split("|")] for row in table_rows[2:])}
+    assert set(rows) == {new_run, base_run}, runs_section
+    assert rows[new_run]["champion"] == "yes" and rows[base_run]["champion"] == ""
     metrics = report.split("## Metrics diff")[1].split("##")[0]
     assert "val.loss" in metrics and "_No metrics changed" not in metrics
     curves = ci / "ci-artifacts" / "loss_curves.png"
