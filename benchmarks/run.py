@@ -13,9 +13,10 @@ disagree).
 --quick is a smoke run for CI (well under a minute on an idle machine): the
 same rows with tiny workloads (the long runs show as skipped); its numbers are
 not measurements. --repeats N runs each time-to-loss config N times (default
-2); --only peak,sampling,... runs some sections. tinyshakespeare is found via
-GPTPIPE_TINYSHAKESPEARE, the preset's data.source, or ../shared/data/ next to
-the repo; without it, its rows say n/a.
+2); --only peak,sampling,... runs some sections. tinyshakespeare: the file
+GPTPIPE_TINYSHAKESPEARE names (set to ../shared/data/tinyshakespeare.txt next to
+the repo when that exists, and said so), else the presets' URL, checked by its
+sha256; when neither works, its rows say n/a.
 
 Sections:
   peak        fp32 and bf16 2048x2048 torch.matmul GFLOP/s (the MFU denominator)
@@ -51,7 +52,7 @@ from bench.evaluate import bench_evaluate
 from bench.peak import bench_peak
 from bench.report import markdown, table
 from bench.sampling import bench_sampling
-from bench.stages import bench_stages
+from bench.stages import bench_stages, use_shared_corpus
 from bench.throughput import bench_throughput
 from bench.time_to_loss import bench_loss
 from bench.tokenizers import bench_tokenizers
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(f"gptpipe benchmarks ({'quick' if args.quick else 'full'}): {info['cpu']}, "
           f"{info['cores']} cores, torch {info['torch']}, load {info['load']}", flush=True)
+    use_shared_corpus()
     with tempfile.TemporaryDirectory(prefix="gptpipe-bench-") as tmp:
         ctx = Context(quick=args.quick, tmp=Path(tmp),
                       repeats=max(1, args.repeats or (1 if args.quick else 2)))

@@ -37,7 +37,8 @@
 # is the same DVC then skips everything after it. Corpus files tracked with
 # `dvc add` (*.dvc) are pulled from the DVC remote, or checked out of the local
 # cache when no remote is configured. Metrics diffs need no cache: reports/metrics.json is
-# `cache: false`, so every revision's metrics are in git.
+# `cache: false`, so every revision that committed its run has its metrics in git;
+# a base without them (the repo ships no dvc.lock nor reports) shows "-" as old value.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0"; }

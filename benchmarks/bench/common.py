@@ -23,7 +23,7 @@ BASELINE_PRESET = HERE / "nanogpt_baby.yaml"
 RECIPE_PRESET = HERE / "tinyshakespeare.yaml"
 SHARED_CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
-TARGET_VAL = 1.8857       # nanoGPT baby GPT's final val loss (shared/REFERENCE.md)
+TARGET_VAL = 1.8857       # the reference val loss measured for nanoGPT's baby GPT
 REF_SECONDS = 106.0       # the same run's wall time on this kind of machine
 REF_TOKENS_S = 16_400     # its median training throughput
 REF_NOOP_S = 0.77         # no-op `dvc repro` of a 7-stage chain
