@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 from pathlib import Path
 
 from .errors import UserError, run_main
-from .files import write_bytes
+from .reporting import loss_axes, save_loss_chart
 
 COLUMNS = ("step", "train_loss", "val_loss")
 
@@ -37,12 +36,7 @@ def read_losses(path: Path) -> dict[str, list[float]]:
 
 def write_comparison(base: dict | None, new: dict, path: Path, base_label: str,
                      new_label: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    fig, ax = loss_axes((7, 4.5))
     for losses, label, style in ((base, base_label, "--"), (new, new_label, "-")):
         if losses is None:
             continue
@@ -52,15 +46,7 @@ def write_comparison(base: dict | None, new: dict, path: Path, base_label: str,
                 label=f"{label}: val")
     title = f"loss: {base_label} (dashed) vs {new_label}" if base is not None else \
         f"loss: {new_label} (no loss history for {base_label})"
-    ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(fig)
-    write_bytes(path, buffer.getvalue())
+    save_loss_chart(fig, ax, path, title)
 
 
 def main(argv: list[str] | None = None) -> None:
