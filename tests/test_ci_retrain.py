@@ -111,6 +111,9 @@ def test_ci_retrain_reruns_on_a_corpus_change_and_reports_the_diffs(tmp_path):
         old, new, _change = metrics[key]
         assert float(old) > 0 and float(new) > 0 and old != new, (key, metrics[key])
     assert "_No params changed against `HEAD`._" in _section(report, "Params diff")
+    # no DVC remote: said, not silent; the base's and the new loss curves drawn
+    assert "**Warning: no DVC remote is configured.**" in report
+    assert (clone / "ci-artifacts" / "loss_curves.png").stat().st_size > 0
     assert summary.read_text().strip() == report.strip()  # the job summary: the same
 
     log = run(["git", "log", "-1", "--format=%s", "--name-only"], clone).stdout

@@ -122,7 +122,10 @@ def _runs(args: argparse.Namespace) -> None:
     model_name = args.model or getattr(settings, "registered_model", "gptpipe")
     tracker = Tracker(uri)
     versions, champion = runs_table.fetch_versions(tracker.client, model_name)
-    table = runs_table.runs_table(runs_table.fetch_runs(experiment), versions, champion,
+    runs = runs_table.fetch_runs(experiment)
+    if args.run_ids:  # CI's job summary: the runs it made next to the champion
+        runs = runs[runs["run_id"].isin([r for r in args.run_ids.split(",") if r])]
+    table = runs_table.runs_table(runs, versions, champion,
                                   sort=args.sort, descending=args.desc,
                                   all_params=args.all_params,
                                   metric_patterns=args.metrics.split(",") if args.metrics else None)
@@ -180,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
                            "(e.g. 'val.*,best_val_*'); default: all but system/* and the "
                            "per-step batch_loss and lr")
     runs.add_argument("--params", default="params.yaml", help="where the defaults come from")
+    runs.add_argument("--run-ids", default=None, metavar="IDS",
+                      help="only these runs, comma-separated run ids")
     runs.add_argument("--all-params", action="store_true",
                       help="every param, not only those that differ between the runs")
     output = runs.add_mutually_exclusive_group()

@@ -66,12 +66,36 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
             raise UserError(f"MLflow store {uri}: folder {folder} is missing or not writable")
 
 
+class TrackingUnreachable(UserError):
+    """The tracking server went away mid-stage (after MLflow's own HTTP retries)."""
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """MLflow wraps the requests error in an MlflowException, chained as context."""
+    import requests
+
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, (requests.ConnectionError, requests.Timeout)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _retry_locked(fn, *args, **kwargs):
-    """sqlite allows one writer: parallel `dvc exp run -j 2` jobs wait their turn."""
+    """sqlite allows one writer: parallel `dvc exp run -j 2` jobs wait their turn.
+    A server that stopped answering becomes one line saying what to do."""
     for attempt in range(_LOCK_RETRIES):
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - MlflowException wraps OperationalError
+            if _connection_lost(exc):
+                raise TrackingUnreachable(
+                    f"MLflow tracking server {redact_uri(tracking_uri())} stopped answering "
+                    "mid-stage; what was done is kept (a training checkpoint too): rerun "
+                    "`dvc repro` once the server is back, it resumes the same run") from None
             if "database is locked" not in str(exc) or attempt == _LOCK_RETRIES - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
@@ -308,6 +332,8 @@ class Tracker:
         except KeyboardInterrupt:
             self.end(run_id, "KILLED")
             raise
+        except TrackingUnreachable:
+            raise  # the run cannot be marked; the resumed stage reopens it
         except BaseException as exc:
             self.end(run_id, "KILLED" if isinstance(exc, StopRequested) else "FAILED")
             raise
