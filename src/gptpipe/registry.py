@@ -35,13 +35,13 @@ def _signature():
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    from .mlflow_model import PREDICT_DEFAULTS
+    from .mlflow_model import predict_defaults
 
     kinds = {int: "long", float: "double"}
     return ModelSignature(
         inputs=Schema([ColSpec("string", "prompt")]), outputs=Schema([ColSpec("string")]),
         params=ParamSchema([ParamSpec(key, kinds[type(value)], value)
-                            for key, value in PREDICT_DEFAULTS.items()]))
+                            for key, value in predict_defaults().items()]))
 
 
 def log_model(tracker, run_id: str, weights: Path, tokenizer: Path, registered_model: str,
