@@ -13,9 +13,10 @@ disagree).
 --quick is a smoke run for CI (well under a minute on an idle machine): the
 same rows with tiny workloads (the long runs show as skipped); its numbers are
 not measurements. --repeats N runs each time-to-loss config N times (default
-2); --only peak,sampling,... runs some sections. tinyshakespeare is found via
-GPTPIPE_TINYSHAKESPEARE, the preset's data.source, or ../shared/data/ next to
-the repo; without it, its rows say n/a.
+2); --only peak,sampling,... runs some sections. tinyshakespeare: the file
+GPTPIPE_TINYSHAKESPEARE names (set to ../shared/data/tinyshakespeare.txt next to
+the repo when that exists, and said so), else the presets' URL, checked by its
+sha256; when neither works, its rows say n/a.
 
 Sections:
   peak        fp32 and bf16 2048x2048 torch.matmul GFLOP/s (the MFU denominator)
@@ -51,7 +52,7 @@ from bench.evaluate import bench_evaluate
 from bench.peak import bench_peak
 from bench.report import markdown, table
 from bench.sampling import bench_sampling
-from bench.stages import bench_stages
+from bench.stages import bench_stages, use_shared_corpus
 from bench.throughput import bench_throughput
 from bench.time_to_loss import bench_loss
 from bench.tokenizers import bench_tokenizers
@@ -59,6 +60,14 @@ from bench.tokenizers import bench_tokenizers
 BENCHES = {"peak": bench_peak, "throughput": bench_throughput, "sampling": bench_sampling,
            "stages": bench_stages, "loss": bench_loss, "dvc": bench_dvc,
            "evaluate": bench_evaluate, "tokenizers": bench_tokenizers}
+
+
+def _kept_sections(out: Path) -> str:
+    """Sections other scripts write into the same file (benchmarks/finetune.py's,
+    between its markers) survive a rewrite of the table."""
+    old = out.read_text(encoding="utf-8") if out.exists() else ""
+    begin = old.find("<!-- benchmarks/finetune.py: begin -->")
+    return "\n" + old[begin:] if begin >= 0 else ""
 
 
 def _interrupt(signum, frame) -> None:
@@ -96,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{info['cores']} cores, torch {info['torch']}, load {info['load']}\n"
           f"  CPU features: {info['features']}; train.autocast auto: {info['autocast']} "
           f"({info['autocast_reason']})", flush=True)
+    use_shared_corpus()
     with tempfile.TemporaryDirectory(prefix="gptpipe-bench-") as tmp:
         ctx = Context(quick=args.quick, tmp=Path(tmp), machine=info,
                       repeats=max(1, args.repeats or (1 if args.quick else 2)))
@@ -119,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(ctx.rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
+    args.out.write_text(text + _kept_sections(args.out), encoding="utf-8")
     print(f"\nwrote {args.out} in {seconds:.0f} s"
           + (f"; {len(ctx.errors)} section(s) failed" if ctx.errors else ""))
     return 1 if ctx.errors else 0

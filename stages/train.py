@@ -8,7 +8,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from gptpipe import checkpoints, params
+from gptpipe import checkpoints, params, warm_start
 from gptpipe.arrays import load_tokens
 from gptpipe.errors import run_main
 from gptpipe.files import read_json, sha256_file, write_json
@@ -22,6 +22,7 @@ MODEL = Path("models/model.pt")
 SUMMARY, LOSSES = Path("reports/train.json"), Path("reports/train_losses.csv")
 HISTORY, CURVE = Path("reports/train_history.csv"), Path("reports/loss_curve.png")
 RUN_REF = Path("reports/mlflow_run.json")
+DOWNLOAD = Path("reports/download.json")
 SPLIT_REPORT = Path("reports/split.json")
 
 
@@ -36,13 +37,22 @@ def main() -> None:
     mlflow = BackgroundRun() if world.is_main else None
     data_hashes = {"train.npy": sha256_file(TRAIN), "val.npy": sha256_file(VAL),
                    "tokenizer.json": sha256_file(TOKENIZER)}
-    run = TrainRun.build(p, device, world, mlflow, read_json(TOKENIZER)["vocab_size"],
-                         load_tokens(TRAIN), load_tokens(VAL), data_hashes)
+    begin = warm_start.start(p, TOKENIZER)  # scratch, or the init_from weights (checked)
+    run = TrainRun.build(p, device, world, mlflow, begin, load_tokens(TRAIN),
+                         load_tokens(VAL), data_hashes)
     resumed = run.resume()
+    if world.is_main and not begin.is_scratch:
+        print(f"train: fine-tuning from {p.train.init_from} "
+              f"(model sha256 {begin.source['model_sha256'][:12]})", flush=True)
     if world.is_main:
         resumed_id = run.run_id
         mlflow.open(lambda tracker: resumed_id if resumed else _create_run(
-            tracker, p, data_hashes, run.params_key, run.autocast))
+            tracker, p, data_hashes, run.params_key, run.autocast, begin.source),
+            # the run page's Datasets; then CPU and memory while training
+            then=lambda tracker, run_id: tracker.log_data_inputs(
+                run_id, {"train": (TRAIN, data_hashes["train.npy"]),
+                         "val": (VAL, data_hashes["val.npy"])}, DOWNLOAD),
+            system_metrics=True)
         print(f"train: {run.describe()}", flush=True)
 
     should_stop = stop_on_signals()
@@ -55,11 +65,12 @@ def main() -> None:
     run.close()
 
 
-def _create_run(tracker, p, data_hashes, params_key, autocast) -> str:
+def _create_run(tracker, p, data_hashes, params_key, autocast, source: dict) -> str:
     # Only the stages before train: dvc.lock's train/evaluate/sample are the last run's.
     tags = {**git_state(), **stage_hashes(exclude=("train", "evaluate", "sample")),
             **{f"data.sha256.{k}": v for k, v in data_hashes.items()},
             "data.sha256.raw": _raw_corpus_sha256(), "gptpipe.params_key": params_key,
+            **tracker.parent_tags(source, p.mlflow.experiment),
             # what train.autocast resolved to on this machine, and why
             "gptpipe.autocast": autocast.name, "gptpipe.autocast_reason": autocast.reason}
     exclude = ("evaluate", "sample")  # logged by their stages, which may rerun
@@ -83,9 +94,11 @@ def _write_outputs(run, p, data_hashes, tracker) -> None:
         "tokenizer": {"path": TOKENIZER.as_posix(), "sha256": data_hashes["tokenizer.json"]},
         "step": trainer.step})
     last = trainer.history[-1]
+    best = min(trainer.history, key=lambda row: (row.val_loss, row.step))
     write_json(SUMMARY, {"parameters": count_params(trainer.model), "steps": trainer.step,
                          "final_train_loss": round(last.train_loss, 6),
                          "final_val_loss": round(last.val_loss, 6),
+                         "best_val_loss": round(best.val_loss, 6), "best_val_step": best.step,
                          # train.autocast auto depends on the machine: say what it chose
                          "autocast": run.autocast.name,
                          "model": cfg.as_dict()})
@@ -93,6 +106,9 @@ def _write_outputs(run, p, data_hashes, tracker) -> None:
     write_text(HISTORY, history_csv(trainer.history))
     write_loss_curve(trainer.history, CURVE, f"{cfg.kind}: {count_params(trainer.model):,} params")
     write_json(RUN_REF, {"run_id": run_id, "experiment": p.mlflow.experiment})
+    tracker.log_best_val(run_id, best.val_loss, best.step)
+    # Content-addressed lineage: a later init_from path to these bytes finds this run.
+    tracker.set_tags(run_id, {"gptpipe.model_sha256": sha256_file(MODEL)})
     tracker.log_artifact(run_id, CURVE, "plots")
     tracker.log_artifact(run_id, HISTORY, "history")
     tracker.log_artifact(run_id, TOKENIZER, "tokenizer")

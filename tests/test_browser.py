@@ -1,8 +1,10 @@
 """The MLflow UI in a real browser: two `dvc exp run -S train.lr=...` runs of the
 tiny pipeline logged to a real `mlflow server`, then headless Chromium opens
 the compare view (both runs, a val_loss plot), the val_loss history chart and
-each run's samples/samples.md. Saves the compare view to docs/compare-runs.png
-(GPTPIPE_SCREENSHOT=<path> elsewhere, GPTPIPE_SCREENSHOT= not at all).
+each run's samples/samples.md; and one run's page in the model-training view: its
+logged model, registered version, datasets, source and system metrics. Saves the
+compare view and the run page to docs/compare-runs.png and docs/run-page.png
+(GPTPIPE_SCREENSHOT=<folder> elsewhere, GPTPIPE_SCREENSHOT= not at all).
 
 Needs Debian's chromium + chromium-driver (scripts/install_browser.sh); without
 them it skips locally, naming the reason, and fails in CI (CI=true)."""
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, env_for, make_project, require_module, require_tool, run, tiny_text
+from gptpipe.files import sha256_file
 from test_mlflow_server import start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -26,9 +29,15 @@ WAIT_S = 90  # a page rendering on 2 busy cores; fail, never hang, past this
 SCREENSHOT_MAX_BYTES = 300_000
 
 
-def _screenshot_path() -> Path | None:
-    value = os.environ.get("GPTPIPE_SCREENSHOT", str(ROOT / "docs" / "compare-runs.png"))
-    return Path(value) if value else None
+def _save_screenshot(driver, tmp_path: Path, name: str) -> None:
+    """Keep the page as docs/<name> (the README shows it), under the size cap."""
+    png = driver.get_screenshot_as_png()
+    (tmp_path / name).write_bytes(png)
+    assert len(png) < SCREENSHOT_MAX_BYTES, f"screenshot {name}: {len(png)} bytes"
+    folder = os.environ.get("GPTPIPE_SCREENSHOT", str(ROOT / "docs"))
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tmp_path / name, Path(folder) / name)
 
 
 @pytest.fixture
@@ -87,6 +96,27 @@ def _wait_for(driver, css: str, what: str, count: int = 1):
                              f"{driver.current_url}") from None
 
 
+def _scroll_to_metric_link(driver, metric: str):
+    """The compare view's link to `metric`'s chart. Its metrics table renders the rows
+    in view only (the system/* metrics come first): scroll down until it shows."""
+    import time
+
+    from selenium.webdriver.common.by import By
+
+    css = f"a[href*='metric=%22{metric}%22']"
+    _wait_for(driver, "a[href*='metric=%22']", "the compare view's metric links")
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        if found:
+            return found[0]
+        links = driver.find_elements(By.CSS_SELECTOR, "a[href*='metric=%22']")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", links[-1])
+        time.sleep(0.5)
+    raise AssertionError(f"{metric} link: not in the compare view's metrics table after "
+                         f"{WAIT_S} s of scrolling at {driver.current_url}")
+
+
 def _log_two_runs(tmp_path: Path, server_url: str) -> tuple[Path, list[str]]:
     """The real pipeline, twice, as experiments differing in train.lr only."""
     project = make_project(tmp_path / "proj", corpus=tiny_text())
@@ -100,14 +130,20 @@ def _log_two_runs(tmp_path: Path, server_url: str) -> tuple[Path, list[str]]:
     return project, run_ids
 
 
+def _close_assistant_panel(driver) -> None:
+    from selenium.webdriver.common.by import By
+
+    for close in driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
+        if close.is_displayed():  # the assistant side panel: not what we show
+            close.click()
+
+
 def _show_val_loss_in_parallel_plot(driver) -> None:
     """Add val_loss to the parallel-coordinates plot's metrics (it starts with one)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    for close in driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
-        if close.is_displayed():  # the assistant side panel: not what we show
-            close.click()
+    _close_assistant_panel(driver)
     metrics_select = driver.find_elements(By.CSS_SELECTOR, "input[role='combobox']")[-1]
     metrics_select.click()
     metrics_select.send_keys("val_loss")
@@ -142,16 +178,10 @@ def test_compare_view_shows_both_runs_their_val_loss_and_samples(request, tmp_pa
     from selenium.webdriver.support.ui import WebDriverWait
 
     WebDriverWait(browser, WAIT_S).until(lambda d: "val_loss" in plot.text)
-    png = browser.get_screenshot_as_png()
-    (tmp_path / "compare-runs.png").write_bytes(png)
-    assert len(png) < SCREENSHOT_MAX_BYTES, f"screenshot {len(png)} bytes"
-    target = _screenshot_path()
-    if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(tmp_path / "compare-runs.png", target)
+    _save_screenshot(browser, tmp_path, "compare-runs.png")
 
     # 2. The compare view's val_loss link: both runs' history on one chart.
-    link = _wait_for(browser, "a[href*='metric=%22val_loss%22']", "val_loss link")[0]
+    link = _scroll_to_metric_link(browser, "val_loss")
     browser.get(link.get_attribute("href"))
     _wait_for_text(browser, *(f"{n} (val_loss)" for n in names), "(step=30)",
                    what="val_loss chart")
@@ -168,3 +198,85 @@ def test_compare_view_shows_both_runs_their_val_loss_and_samples(request, tmp_pa
     last_sample = (project / "reports/samples.md").read_text().split("```text\n")[1]
     first_line = next(line for line in last_sample.splitlines() if line.strip())
     assert first_line in _text(browser), first_line
+
+
+@pytest.mark.slow
+def test_run_page_shows_logged_model_registered_version_and_datasets(request, tmp_path,
+                                                                      browser):
+    """One `dvc exp run` with mlflow.log_model on, against a real server: the run page,
+    in MLflow's model-training view, lists what a user looks for."""
+    from selenium.webdriver.common.by import By
+
+    server = start_server(request, tmp_path / "mlflow-server")
+    project = make_project(tmp_path / "proj", {"mlflow": {"log_model": True}},
+                           corpus=tiny_text())
+    env = env_for(project, MLFLOW_TRACKING_URI=server.url,
+                  NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
+                  # a train of seconds: sample CPU and memory every second, not every 10
+                  MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
+    run(["dvc", "exp", "run", "-n", "run-page"], project, env=env)
+    run_id = json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
+    commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    digests = {name: sha256_file(project / path)[:12] for name, path in (
+        ("train", "data/split/train.npy"), ("val", "data/split/val.npy"))}
+    digests["corpus"] = json.loads((project / "reports/download.json").read_text())["sha256"][:12]
+
+    # What the page will show, as the REST API has it.
+    experiment = server.get("/api/2.0/mlflow/experiments/get-by-name",
+                            experiment_name="gptpipe")["experiment"]
+    exp_id = experiment["experiment_id"]
+    assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in \
+        experiment["tags"]
+    mlrun = server.get("/api/2.0/mlflow/runs/get", run_id=run_id)["run"]
+    tags = {t["key"]: t["value"] for t in mlrun["data"]["tags"]}
+    assert tags["mlflow.source.name"] == "stages/train.py"
+    assert tags["mlflow.source.git.commit"] == commit and tags["mlflow.user"]
+    assert tags["gptpipe.dvc_experiment"] == "run-page"
+    assert {d["dataset"]["name"]: d["dataset"]["digest"]
+            for d in mlrun["inputs"]["dataset_inputs"]} == digests
+    metrics = {m["key"]: m["value"] for m in mlrun["data"]["metrics"]}
+    assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+    val_history = server.get("/api/2.0/mlflow/metrics/get-history", run_id=run_id,
+                             metric_key="val_loss")["metrics"]
+    best = min(val_history, key=lambda m: (m["value"], m["step"]))
+    assert metrics["best_val_loss"] == best["value"]
+    assert metrics["best_val_step"] == best["step"]
+    versions = server.get("/api/2.0/mlflow/model-versions/search",
+                          filter=f"run_id='{run_id}'")["model_versions"]
+    assert [(v["name"], v["version"]) for v in versions] == [("gptpipe", "1")]
+
+    # The run page. MLflow 3.17.2 picks its view from the GenAI / Model training
+    # switch (the browser remembers it); the URL sets it here.
+    browser.set_window_size(1500, 1500)  # Datasets to Logged models in one screenshot
+    page = f"{server.url}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
+    browser.get(page)
+    _wait_for_text(browser, "run-page", "Logged models (1)", "Registered models",
+                   "Datasets", f"train ({digests['train']})", "+2",
+                   "Created by", tags["mlflow.user"], "Source", "train.py", commit[:7],
+                   what="run page")
+    text = _text(browser)
+    # the model-training view: its sidebar, not the GenAI one
+    assert "Model registry" in text and "Evaluation runs" not in text
+    logged = _wait_for(browser, "a[href*='/models/']", "the logged model's link")
+    assert "model" in [a.text.strip() for a in logged]
+    registered = _wait_for(browser, "a[href*='/models/gptpipe/versions/1']",
+                           "the registered version's link")
+    assert registered[0].is_displayed()
+    # the other two datasets hide behind "+2"
+    _close_assistant_panel(browser)
+    more = [e for e in browser.find_elements(By.XPATH, "//*[normalize-space(text())='+2']")
+            if e.is_displayed()]
+    assert more, "no +2 after the first dataset"
+    heading = next(e for e in browser.find_elements(By.CSS_SELECTOR, "h4")
+                   if e.text.strip() == "Datasets")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", heading)
+    more[0].click()
+    _wait_for_text(browser, f"val ({digests['val']})", f"corpus ({digests['corpus']})",
+                   what="the run's datasets")
+    _save_screenshot(browser, tmp_path, "run-page.png")
+
+    # The System metrics tab: CPU and memory charts.
+    browser.get(page.replace("?", "/system-metrics?"))
+    _wait_for_text(browser, "cpu_utilization_percentage", "system_memory_usage_megabytes",
+                   what="system metrics tab")

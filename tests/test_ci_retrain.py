@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, env_for, make_project, require_tool, run, tiny_text
+from conftest import ROOT, env_for, make_project, require_tool, run, status_beyond_init, tiny_text
 
 WORKFLOW = ROOT / ".github" / "workflows" / "retrain.yml"
 SCRIPT = ROOT / "scripts" / "ci_retrain.sh"
@@ -83,8 +83,8 @@ def test_ci_retrain_reruns_on_a_corpus_change_and_reports_the_diffs(tmp_path):
     # 1. Nothing changed: nothing runs, the report says so, and without --commit
     # nothing is committed.
     result = run(["bash", "scripts/ci_retrain.sh"], project, env=_ci_env(project))
-    assert _ran(result.stdout) == []
-    assert "Stages run: none" in result.stdout
+    assert _ran(result.stdout) == ["init"]  # always_changed: resolves train.init_from
+    assert "Stages run: init" in result.stdout
     report = result.stdout[result.stdout.index("# Retraining report"):]
     assert "_No metrics changed against `HEAD`._" in _section(report, "Metrics diff")
     assert "_No params changed against `HEAD`._" in _section(report, "Params diff")
@@ -111,6 +111,9 @@ def test_ci_retrain_reruns_on_a_corpus_change_and_reports_the_diffs(tmp_path):
         old, new, _change = metrics[key]
         assert float(old) > 0 and float(new) > 0 and old != new, (key, metrics[key])
     assert "_No params changed against `HEAD`._" in _section(report, "Params diff")
+    # no DVC remote: said, not silent; the base's and the new loss curves drawn
+    assert "**Warning: no DVC remote is configured.**" in report
+    assert (clone / "ci-artifacts" / "loss_curves.png").stat().st_size > 0
     assert summary.read_text().strip() == report.strip()  # the job summary: the same
 
     log = run(["git", "log", "-1", "--format=%s", "--name-only"], clone).stdout
@@ -121,4 +124,4 @@ def test_ci_retrain_reruns_on_a_corpus_change_and_reports_the_diffs(tmp_path):
     # only those: the corpus change is left to its author
     assert run(["git", "status", "--porcelain"], clone).stdout.split() == [
         "M", "corpus/corpus.txt"]
-    assert "up to date" in run(["dvc", "status"], clone).stdout
+    assert status_beyond_init(clone) == {}

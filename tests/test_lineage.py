@@ -6,10 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
+import sqlite3
+from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import make_project, run, tiny_text, write_params
+from conftest import ROOT, TINY_PARAMS, make_project, merge, run, tiny_text, write_params
+from gptpipe.lineage import git_state
 
 MATCHES = "the workspace matches this run"
 
@@ -86,3 +91,104 @@ def test_lineage_names_the_commit_restores_the_run_and_sees_changes(tmp_path):
     lines = [line for line in unknown.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("gptpipe: error: run 0000"), unknown.stderr
     assert "not found" in lines[0] and "Traceback" not in unknown.stderr
+
+
+# --- git.dirty: a person's changes, not the pipeline's bookkeeping ------------------------
+
+
+def test_dirty_ignores_the_pipelines_own_files_but_not_a_persons(tmp_path):
+    repo = tmp_path / "repo"
+    project = repo / "sub"  # a DVC project in a folder of its git repo
+    (project / "src").mkdir(parents=True)
+    shutil.copy2(ROOT / "dvc.yaml", project / "dvc.yaml")
+    files = {"src/code.py": "x = 1\n", "params.yaml": "train: {}\n", "dvc.lock": "a\n",
+             "reports/metrics.json": "{}\n", "reports/train_losses.csv": "step\n",
+             "reports/.gitignore": "/train.json\n", "data/.gitignore": "/raw\n",
+             "README.md": "hello\n"}
+    for path, text in files.items():
+        (project / path).parent.mkdir(parents=True, exist_ok=True)
+        (project / path).write_text(text)
+    run(["git", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "files"], repo)
+    assert git_state(project)["git.dirty"] == "false"
+
+    # what `dvc repro` rewrites: the lock, outs, metrics, plots, DVC's .gitignore files
+    for path in ("dvc.lock", "reports/metrics.json", "reports/train_losses.csv",
+                 "reports/.gitignore", "data/.gitignore"):
+        (project / path).write_text("rewritten by the pipeline\n")
+    (project / "reports" / "samples.md").write_text("untracked output\n")
+    (project / "notes.txt").write_text("an untracked file of mine\n")
+    assert git_state(project)["git.dirty"] == "false"
+    assert git_state(project / "src")["git.dirty"] == "false"  # from a subfolder too
+
+    for path in ("src/code.py", "params.yaml", "README.md"):
+        original = (project / path).read_text()
+        (project / path).write_text(original + "# edited\n")
+        assert git_state(project)["git.dirty"] == "true", path
+        (project / path).write_text(original)
+    run(["git", "rm", "-q", "--cached", "sub/README.md"], repo)  # staged: dirty too
+    assert git_state(project)["git.dirty"] == "true"
+
+
+def clone_of_the_repo(dest: Path) -> Path:
+    """What a fresh clone holds: the repo's tracked files, as they are now, in a new
+    git repo with one commit (no DVC cache, no MLflow store, no outputs)."""
+    tracked = run(["git", "ls-files", "-z"], ROOT).stdout.split("\0")
+    for name in filter(None, tracked):
+        if (ROOT / name).is_file():  # (a file deleted but not yet committed: gone)
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    run(["git", "init", "-q"], dest)
+    run(["git", "config", "user.email", "test@gptpipe.local"], dest)
+    run(["git", "config", "user.name", "gptpipe test"], dest)
+    commit_all(dest, "clone")
+    return dest
+
+
+def git_tags(project: Path, run_id: str) -> dict[str, str]:
+    with sqlite3.connect(project / "mlflow.db") as db:
+        return dict(db.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)))
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_runs_clean_and_its_committed_lock_restores_the_run(tmp_path):
+    project = clone_of_the_repo(tmp_path / "clone")
+    assert not (project / "dvc.lock").exists(), "the repo ships no dvc.lock (README says why)"
+    # A person's own config (tiny, on a corpus file), committed before the run.
+    (project / "corpus" / "corpus.txt").write_text(tiny_text(20_000), encoding="utf-8")
+    write_params(project, merge(TINY_PARAMS, {
+        "data": {"source": "corpus/corpus.txt"},
+        "train": {"max_iters": 12, "eval_interval": 6, "checkpoint_interval": 6},
+        "sample": {"max_new_tokens": 16}}))
+    config = commit_all(project, "my config")
+
+    # No lock: no stage claims to have run with other code or params; every stage
+    # simply has not run yet (DVC, with no lock to compare, lists all its deps as
+    # changed and all its outputs as deleted).
+    status = json.loads(run(["dvc", "status", "--json"], project).stdout)
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    assert set(status) == set(stages), status
+    for name, changes in status.items():
+        outs = next(c["changed outs"] for c in changes if "changed outs" in c)
+        assert set(outs.values()) == {"deleted"}, (name, changes)
+
+    result = run(["bash", "scripts/run_pipeline.sh"], project, timeout=600)
+    assert "==> metrics" in result.stdout
+    run_id = run_id_of(project)
+    assert git_tags(project, run_id)["git.commit"] == config
+    assert git_tags(project, run_id)["git.dirty"] == "false"
+    # the run touched no file of the clone: it only added its lock (which DVC's
+    # core.autostage stages) and its outputs
+    changed = run(["git", "status", "--porcelain"], project).stdout.splitlines()
+    assert "A  dvc.lock" in changed, changed
+    assert all(line.startswith("?? ") for line in changed if line != "A  dvc.lock"), changed
+    out = lineage(project, run_id)
+    assert f"git commit {config}" in out and "(the working tree was dirty)" not in out
+    assert "no commit holds this run's dvc.lock" in out
+
+    # Commit your own dvc.lock (and reports/): the run is restorable from it.
+    recorded = commit_all(project, "my run")
+    out = lineage(project, run_id)
+    assert f"git checkout {recorded} && dvc checkout" in out and MATCHES in out
+    assert "up to date" in run(["dvc", "status"], project).stdout

@@ -2,126 +2,19 @@
 runs, metrics and artifacts go over HTTP, artifacts proxied by the server into
 its --artifacts-destination. Checked over the REST API, not the client library.
 
-`MlflowServer`/`start_server` are also used by tests/test_browser.py."""
+The servers live in tests/servers.py (shared with tests/test_browser.py and
+tests/test_team_loop.py)."""
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import BIN, env_for, make_project, require_module, run, tiny_text
-
-STARTUP_TIMEOUT_S = 180  # ~30 s on 2 busy cores; fail, never hang, past this
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class MlflowServer:
-    """`mlflow server` on 127.0.0.1: sqlite backend, proxied local artifacts.
-
-    Runs in its own process group (mlflow spawns uvicorn under it), so `stop`
-    ends the whole tree."""
-
-    def __init__(self, root: Path, app_name: str | None = None,
-                 extra_env: dict | None = None, auth: tuple[str, str] | None = None):
-        self.app_name, self.extra_env, self.auth = app_name, extra_env or {}, auth
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.db = root / "server.db"
-        self.artifacts = root / "artifacts"
-        self.log = root / "server.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> "MlflowServer":
-        env = dict(os.environ)
-        env.pop("MLFLOW_TRACKING_URI", None)
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job runner: less CPU
-        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-        cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1",
-               "--port", str(self.port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{self.db}",
-               "--artifacts-destination", str(self.artifacts)]
-        if self.app_name:
-            cmd += ["--app-name", self.app_name]
-        env.update(self.extra_env)
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"mlflow server exited ({self.proc.returncode}):\n"
-                                     f"{self.log_tail()}")
-            try:
-                if requests.get(self.url + "/health", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise AssertionError(f"mlflow server not healthy after {timeout_s:.0f} s:\n"
-                             f"{self.log_tail()}")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)  # the group: mlflow, uvicorn and workers
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        try:  # stragglers of the group, even when the leader went first
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if proc.poll() is None:
-            proc.wait(timeout=10)
-
-    def log_tail(self, n_chars: int = 4000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-n_chars:]
-        except OSError:
-            return "(no log)"
-
-    # REST helpers
-    def get(self, endpoint: str, **params) -> dict:
-        response = requests.get(f"{self.url}{endpoint}", params=params, timeout=30,
-                                auth=self.auth)
-        assert response.ok, f"GET {endpoint} {params}: {response.status_code} {response.text}"
-        return response.json()
-
-    def post(self, endpoint: str, body: dict) -> dict:
-        response = requests.post(f"{self.url}{endpoint}", json=body, timeout=30,
-                                 auth=self.auth)
-        assert response.ok, f"POST {endpoint} {body}: {response.status_code} {response.text}"
-        return response.json()
-
-
-def start_server(request: pytest.FixtureRequest, root: Path) -> MlflowServer:
-    """Start a server whose teardown always runs, even if start-up fails."""
-    server = MlflowServer(root)
-    request.addfinalizer(server.stop)
-    return server.start()
+from conftest import env_for, make_project, require_module, run, tiny_text
+from servers import (  # noqa: F401 - free_port, start_server: for test_mlflow_models, test_browser
+    MlflowServer, free_port, start_server)
 
 
 @pytest.fixture
@@ -142,7 +35,7 @@ def test_pipeline_logs_runs_metrics_and_artifacts_to_a_tracking_server(mlflow_se
     env = env_for(project, MLFLOW_TRACKING_URI=server.url,
                   NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     result = run(["dvc", "repro"], project, env=env)
-    assert _ran(result.stdout) == ["download", "clean", "tokenize", "split", "train",
+    assert _ran(result.stdout) == ["init", "download", "clean", "tokenize", "split", "train",
                                    "evaluate", "sample"]
     assert not (project / "mlflow.db").exists(), "the run went to a local store"
     run_id = json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
@@ -185,7 +78,7 @@ def test_pipeline_logs_runs_metrics_and_artifacts_to_a_tracking_server(mlflow_se
     assert not (project / "mlartifacts").exists()
 
     # Nothing changed: nothing reruns, and the server still holds one run.
-    assert _ran(run(["dvc", "repro"], project, env=env).stdout) == []
+    assert _ran(run(["dvc", "repro"], project, env=env).stdout) == ["init"]  # init: always_changed
     again = server.post("/api/2.0/mlflow/runs/search",
                         {"experiment_ids": [exp["experiment_id"]]}).get("runs", [])
     assert len(again) == 1

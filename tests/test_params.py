@@ -1,3 +1,7 @@
+import dataclasses
+import re
+from typing import get_type_hints
+
 import pytest
 import yaml
 
@@ -27,6 +31,109 @@ def test_n_embd_must_divide_by_heads():
 def test_the_repos_params_yaml_is_valid():
     p = params.load(ROOT / "params.yaml")
     assert p.split.train_fraction == 0.9
+
+
+# --- params.yaml and the dataclasses: one set of keys, one set of defaults ---------------
+
+
+def fields_of(p: params.Params) -> dict[str, object]:
+    """`section.key -> value` for every field of the typed params."""
+    return {f"{s.name}.{f.name}": getattr(getattr(p, s.name), f.name)
+            for s in dataclasses.fields(p) for f in dataclasses.fields(getattr(p, s.name))}
+
+
+def yaml_keys(raw: dict) -> set[str]:
+    return {f"{section}.{key}" for section, values in raw.items() for key in values or {}}
+
+
+def inline_comments(text: str) -> dict[str, str]:
+    """`section.key -> its trailing comment` in a params.yaml written as this repo's."""
+    comments, section = {}, None
+    for line in text.splitlines():
+        if match := re.match(r"^(\w+):", line):
+            section = match.group(1)
+        elif (match := re.match(r"^  (\w+):(.*)$", line)) and section:
+            comment = re.search(r"\s#\s?(.*)$", match.group(2))
+            comments[f"{section}.{match.group(1)}"] = comment.group(1) if comment else ""
+    return comments
+
+
+def choice_keys() -> dict[str, tuple[str, ...]]:
+    """`section.key -> its choices` for every `Literal` field."""
+    return {f"{section}.{name}": params.choices(kind)
+            for section, cls in get_type_hints(params.Params).items()
+            for name, kind in get_type_hints(cls).items() if params.choices(kind) is not None}
+
+
+def params_yaml_problems(text: str) -> list[str]:
+    """What differs between a params.yaml and the dataclasses in params.py."""
+    raw = yaml.safe_load(text)
+    defaults = fields_of(params.Params())
+    listed = yaml_keys(raw)
+    problems = [f"{key}: in params.py but missing from params.yaml"
+                for key in sorted(defaults.keys() - listed)]
+    problems += [f"{key}: in params.yaml but params.py has no such key"
+                 for key in sorted(listed - defaults.keys())]
+    if problems:
+        return problems
+    values = fields_of(params.from_dict(raw))
+    problems += [f"{key}: params.yaml says {values[key]!r}, the dataclass default is "
+                 f"{defaults[key]!r}" for key in sorted(defaults) if values[key] != defaults[key]]
+    comments = inline_comments(text)
+    for key, allowed in choice_keys().items():
+        missing = [c for c in allowed if not re.search(rf"(?<![\w-]){re.escape(c)}(?![\w-])",
+                                                      comments.get(key, ""))]
+        if missing:
+            problems.append(f"{key}: the params.yaml comment does not list "
+                            f"{', '.join(missing)} (choices: {' | '.join(allowed)})")
+    return problems
+
+
+def test_params_yaml_matches_the_dataclasses():
+    problems = params_yaml_problems((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    assert not problems, "params.yaml and params.py disagree:\n" + "\n".join(problems)
+
+
+def test_every_choice_key_is_a_literal_the_check_uses():
+    assert choice_keys() == {
+        "clean.on_invalid_utf8": ("error", "replace"),
+        "tokenizer.kind": ("char", "bpe", "tiktoken", "from_model"),
+        "tokenizer.unknown_chars": ("error", "drop", "replace"),
+        "model.kind": ("gpt", "bigram", "modern"),
+        "train.device": ("auto", "cpu", "cuda", "mps"),
+        "train.autocast": ("auto", "bf16", "off"),
+        "train.optimizer": ("adamw", "muon"),
+    }
+    for key, allowed in choice_keys().items():  # the message lists the Literal's choices
+        section, name = key.split(".")
+        with pytest.raises(UserError, match=re.escape(
+                f"params: {key}: must be one of {', '.join(allowed)}, got 'nope'")):
+            params.from_dict({section: {name: "nope"}})
+        with pytest.raises(UserError, match=rf"params: {re.escape(key)}: expected a string"):
+            params.from_dict({section: {name: 3}})
+
+
+def _edit(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+@pytest.mark.parametrize("old, new, problem", [
+    ("  muon_lr: 0.02", "", "train.muon_lr: in params.py but missing from params.yaml"),
+    ("  seed: 1337\n", "  seed: 1337\n  sead: 1\n",
+     "train.sead: in params.yaml but params.py has no such key"),
+    ("  max_new_tokens: 400", "  max_new_tokens: 500",
+     "sample.max_new_tokens: params.yaml says 500, the dataclass default is 400"),
+    ('  prompts: ["\\n", "ROMEO:"]', '  prompts: ["\\n"]', "sample.prompts: params.yaml says"),
+    ("| bigram | modern", "| bigram",
+     "model.kind: the params.yaml comment does not list modern"),
+    ("  optimizer: adamw      # adamw | muon", "  optimizer: adamw      # adamw",
+     "train.optimizer: the params.yaml comment does not list muon"),
+])
+def test_a_drifted_params_yaml_is_caught(old, new, problem):
+    text = _edit((ROOT / "params.yaml").read_text(encoding="utf-8"), old, new)
+    problems = params_yaml_problems(text)
+    assert any(p.startswith(problem) for p in problems), problems
 
 
 @pytest.mark.parametrize("section, typo, suggestion", [

@@ -26,7 +26,7 @@ from conftest import env_for, make_project, run, tiny_text, write_params
 # tells the test exactly how far training got before the kill.
 RESUME_PARAMS = {"train": {"max_iters": 200, "checkpoint_interval": 20, "eval_interval": 1}}
 MAX_ITERS, CKPT_EVERY = 200, 20
-STAGES = {"download", "clean", "tokenize", "split", "train", "evaluate", "sample"}
+STAGES = {"init", "download", "clean", "tokenize", "split", "train", "evaluate", "sample"}
 # Wall-clock figures and the MLflow run id: different in every run by nature.
 NOT_REPRODUCIBLE = {"reports/train_history.csv", "reports/mlflow_run.json"}
 STEP_LINE = re.compile(r"\bstep\s+(\d+): train ")
@@ -90,7 +90,7 @@ def sha256(path: Path) -> str:
 
 
 def out_hashes(project: Path) -> dict[str, str]:
-    """Every output DVC recorded: path -> md5, checking all seven stages are there."""
+    """Every output DVC recorded: path -> md5, checking all eight stages are there."""
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == STAGES
     return {out["path"]: out["md5"] for stage in lock["stages"].values()

@@ -23,9 +23,9 @@ BASELINE_PRESET = HERE / "nanogpt_baby.yaml"
 RECIPE_PRESET = HERE / "tinyshakespeare.yaml"
 SHARED_CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
-TARGET_VAL = 1.8857       # nanoGPT baby GPT's final val loss (shared/REFERENCE.md)
+TARGET_VAL = 1.8857       # the reference val loss measured for nanoGPT's baby GPT
 # Context only, never a ratio's denominator (those are measured in the same command):
-REF_SECONDS = 106.0       # nanoGPT's own run to that loss, on an AMX Xeon, another day
+REF_SECONDS = 106.0       # nanoGPT's own run to that loss, another machine and day
 REF_TOKENS_S = 16_400     # its median training throughput
 REF_NOOP_S = 0.77         # no-op `dvc repro` of a 7-stage chain
 MIN_EVAL_TOKENS = 20 * 12 * 64  # eval_batches * batch_size * block_size of the reference

@@ -30,7 +30,7 @@ def bench_peak(ctx: Context) -> None:
     ctx.peak_fp32 = peaks["float32"]
     ctx.add("peak", "fp32 matmul 2048² (torch), best of the repetitions",
             f"{peaks['float32']:.0f} GFLOP/s",
-            "REFERENCE.md's ≈ 175 GFLOP/s (another day, not this command)",
+            "the reference machine's ≈ 175 GFLOP/s (another day, not this command)",
             ratio(peaks["float32"], 175.0))
     ctx.add("peak", "bf16 matmul 2048² (torch), best of the repetitions",
             f"{peaks['bfloat16']:.0f} GFLOP/s",

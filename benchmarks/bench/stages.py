@@ -11,12 +11,44 @@ from .common import (BASELINE_PRESET, DATA_STAGES, RECIPE_PRESET, SHARED_CORPUS,
 from .measure import Measured, Project, git_dvc_init, load_yaml, run_measured
 
 
-def _find_corpus() -> Path | None:
-    preset = load_yaml(RECIPE_PRESET).get("data", {}).get("source", "")
-    for candidate in (os.environ.get("GPTPIPE_TINYSHAKESPEARE", ""), preset, SHARED_CORPUS):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate).resolve()
-    return None
+def use_shared_corpus() -> None:
+    """Point GPTPIPE_TINYSHAKESPEARE at ../shared's copy when there is one; say which."""
+    name = "GPTPIPE_TINYSHAKESPEARE"
+    if os.environ.get(name):
+        print(f"tinyshakespeare: {name}={os.environ[name]}", flush=True)
+    elif SHARED_CORPUS.is_file():
+        os.environ[name] = str(SHARED_CORPUS.resolve())
+        print(f"tinyshakespeare: ../shared/data/tinyshakespeare.txt is present: "
+              f"setting {name} to it", flush=True)
+    else:
+        print(f"tinyshakespeare: {name} is unset and ../shared/data/tinyshakespeare.txt "
+              f"is absent: downloading the presets' data.source", flush=True)
+
+
+def find_corpus(dest: Path) -> Path | None:
+    """The file GPTPIPE_TINYSHAKESPEARE names, else the presets' data.source (the
+    tinyshakespeare URL) fetched into `dest` and checked against their sha256."""
+    if os.environ.get("GPTPIPE_TINYSHAKESPEARE"):
+        local = Path(os.environ["GPTPIPE_TINYSHAKESPEARE"])
+        if not local.is_file():
+            print(f"  tinyshakespeare: GPTPIPE_TINYSHAKESPEARE={local}: no such file", flush=True)
+            return None
+        return local.resolve()
+    if not dest.is_dir():
+        from gptpipe.errors import UserError
+        from gptpipe.sources import fetch
+
+        data = load_yaml(RECIPE_PRESET)["data"]
+        fetched = dest.with_name(dest.name + ".part")
+        fetched.mkdir(parents=True, exist_ok=True)
+        try:
+            fetch(data["source"], fetched, sha256=data["sha256"], max_bytes=10_000_000,
+                  timeout_s=30.0, retries=2)
+        except UserError as exc:
+            print(f"  tinyshakespeare: {exc}", flush=True)
+            return None
+        fetched.rename(dest)
+    return next(dest.iterdir())
 
 
 def _stage_row(ctx: Context, corpus: str, name: str, m: Measured, note: str = "") -> None:
@@ -52,7 +84,7 @@ def bench_stages(ctx: Context) -> None:
                             ctx.tmp / "logs" / "bare.log")
     ctx.imports = run_measured([ctx.python, "-c", "import torch, mlflow"], ctx.tmp,
                                dict(os.environ), ctx.tmp / "logs" / "imports.log")
-    ctx.corpus = _find_corpus()
+    ctx.corpus = find_corpus(ctx.tmp / "tinyshakespeare-download")
     emb = Project(ctx.tmp / "embedded", ctx, ctx.tmp / "mlflow-embedded.db")
     emb.set_params({"data": {"source": "shakespeare"}}, TINY if ctx.quick else {
         "train": {"max_iters": 100, "eval_interval": 50, "checkpoint_interval": 100},
@@ -77,7 +109,7 @@ def bench_stages(ctx: Context) -> None:
     if ctx.corpus is None:
         for name in DATA_STAGES:
             ctx.add("stages", f"stage {name} (tinyshakespeare)",
-                    "n/a: corpus not found (set GPTPIPE_TINYSHAKESPEARE)")
+                    "n/a: tinyshakespeare not found (set GPTPIPE_TINYSHAKESPEARE)")
         return
     shakes = Project(ctx.tmp / "tinyshakespeare", ctx, ctx.tmp / "mlflow-tiny.db")
     shakes.set_params(load_yaml(BASELINE_PRESET), {"data": {"source": str(ctx.corpus)}})

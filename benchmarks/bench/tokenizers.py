@@ -4,14 +4,14 @@ from __future__ import annotations
 import time
 
 from .common import Context, median, ratio
-from .stages import _find_corpus
+from .stages import find_corpus
 
 
 def bench_tokenizers(ctx: Context) -> None:
     from gptpipe import tokenizers
     from gptpipe.arrays import split_point
 
-    corpus = ctx.corpus or _find_corpus()
+    corpus = ctx.corpus or find_corpus(ctx.tmp / "tinyshakespeare-download")
     if corpus is not None:
         text, what = corpus.read_text(encoding="utf-8"), "tinyshakespeare"
     else:

@@ -3,6 +3,7 @@
     gptpipe sample --prompt "ROMEO:"     stream text from the trained model
     gptpipe sample --model models:/gptpipe@champion    ... or from a registered one
     gptpipe lineage RUN_ID               how to get back the code and data of a run
+    gptpipe runs --sort val.bits_per_char  compare the MLflow runs as a table
 """
 from __future__ import annotations
 
@@ -82,6 +83,62 @@ def _lineage(args: argparse.Namespace) -> None:
         print(f"the workspace does not match: {', '.join(differ)}")
     else:
         print("the workspace matches this run")
+    _print_chain(tracker.chain(args.run_id))
+
+
+def _print_chain(chain: list[dict]) -> None:
+    """Each run's start, back to the one trained from scratch."""
+    print("trained from:")
+    for i, link in enumerate(chain):
+        indent = "  " * (i + 1)
+        if link.get("missing"):
+            print(f"{indent}run {link['run_id']}: not in this MLflow store (deleted, or "
+                  "logged elsewhere)")
+            return
+        head = f"{indent}run {link['run_id']} ({link['name']})"
+        if link["init_from"] == "scratch":
+            print(f"{head}: scratch")
+            return
+        version = f", version {link['version']}" if link["version"] else ""
+        print(f"{head}: fine-tuned from {link['init_from']}{version}, model sha256 "
+              f"{link['parent_sha256'][:12]}")
+    last = chain[-1]
+    if not last.get("missing") and last["init_from"] != "scratch":
+        print(f"{'  ' * (len(chain) + 1)}(no MLflow run is known for that model: it was "
+              "trained elsewhere, or before gptpipe tagged models with their sha256)")
+
+
+def _runs(args: argparse.Namespace) -> None:
+    from . import params as params_mod
+    from . import runs_table
+    from .tracking import Tracker, redact_uri, tracking_uri
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise UserError(f"no MLflow store at {uri}: no run yet (run `dvc repro`), or set "
+                        "MLFLOW_TRACKING_URI")
+    settings = params_mod.load(args.params).mlflow if Path(args.params).exists() else None
+    experiment = args.experiment or getattr(settings, "experiment", "gptpipe")
+    model_name = args.model or getattr(settings, "registered_model", "gptpipe")
+    tracker = Tracker(uri)
+    versions, champion = runs_table.fetch_versions(tracker.client, model_name)
+    runs = runs_table.fetch_runs(experiment)
+    if args.run_ids:  # CI's job summary: the runs it made next to the champion
+        runs = runs[runs["run_id"].isin([r for r in args.run_ids.split(",") if r])]
+    table = runs_table.runs_table(runs, versions, champion,
+                                  sort=args.sort, descending=args.desc,
+                                  all_params=args.all_params,
+                                  metric_patterns=args.metrics.split(",") if args.metrics else None)
+    if table.empty:
+        print(f"gptpipe: no runs in experiment '{experiment}' at {redact_uri(uri)}",
+              file=sys.stderr)
+        return
+    if args.csv:
+        sys.stdout.write(runs_table.to_csv(table))
+    elif args.markdown:
+        sys.stdout.write(runs_table.to_markdown(table))
+    else:
+        print(runs_table.to_text(table))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,6 +164,33 @@ def main(argv: list[str] | None = None) -> None:
     lineage = commands.add_parser("lineage", help="the code and data behind an MLflow run")
     lineage.add_argument("run_id")
     lineage.set_defaults(func=_lineage)
+    runs = commands.add_parser(
+        "runs", help="the MLflow runs as a table: differing params, final metrics, champion",
+        description="One row per MLflow run of the experiment: its name, DVC experiment, "
+                    "registered model version (and whether it is the champion), the params "
+                    "that differ between the runs, and each metric's last value.")
+    runs.add_argument("--sort", default=None, metavar="COLUMN",
+                      help=f"a metric or param to sort by (default: {'val.bits_per_char'} "
+                           "when evaluated), lowest first")
+    runs.add_argument("--desc", action="store_true", help="sort highest first")
+    runs.add_argument("--experiment", default=None,
+                      help="MLflow experiment (default: params.yaml mlflow.experiment)")
+    runs.add_argument("--model", default=None,
+                      help="registered model name (default: params.yaml "
+                           "mlflow.registered_model, else gptpipe)")
+    runs.add_argument("--metrics", default=None, metavar="PATTERNS",
+                      help="only these metrics, comma-separated, with * wildcards "
+                           "(e.g. 'val.*,best_val_*'); default: all but system/* and the "
+                           "per-step batch_loss and lr")
+    runs.add_argument("--params", default="params.yaml", help="where the defaults come from")
+    runs.add_argument("--run-ids", default=None, metavar="IDS",
+                      help="only these runs, comma-separated run ids")
+    runs.add_argument("--all-params", action="store_true",
+                      help="every param, not only those that differ between the runs")
+    output = runs.add_mutually_exclusive_group()
+    output.add_argument("--csv", action="store_true", help="CSV (full precision, run ids)")
+    output.add_argument("--markdown", action="store_true", help="a markdown table")
+    runs.set_defaults(func=_runs)
     args = parser.parse_args(argv)
     if args.debug:
         os.environ["GPTPIPE_DEBUG"] = "1"

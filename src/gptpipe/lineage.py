@@ -21,21 +21,63 @@ def repo_root() -> Path:
     return Path(top).resolve() if top else Path.cwd().resolve()
 
 
-def _git(args: list[str], cwd: Path) -> str | None:
+def _git(args: list[str], cwd: Path, strip: bool = True) -> str | None:
     try:
         out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
                              timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() if strip else out.stdout
+
+
+def pipeline_outputs(root: Path) -> set[str]:
+    """What the pipeline itself writes, relative to `root`: dvc.lock, every out, metric
+    and plot dvc.yaml declares, and the .gitignore DVC keeps next to a cached out."""
+    paths = {"dvc.lock"}
+    try:
+        pipeline = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return paths
+    for stage in (pipeline.get("stages") or {}).values():
+        for kind in ("outs", "metrics", "plots"):
+            for item in stage.get(kind) or []:
+                out = next(iter(item)) if isinstance(item, dict) else item
+                out = Path(str(out)).as_posix().rstrip("/")
+                paths.add(out)
+                paths.add((Path(out).parent / ".gitignore").as_posix())
+    paths.discard(".gitignore")  # the project's own, a person's file
+    return paths
+
+
+def _changed_paths(status: str) -> list[str]:
+    """The paths in `git status --porcelain -z` output (both sides of a rename)."""
+    entries, paths = status.split("\0"), []
+    while entries:
+        entry = entries.pop(0)
+        if entry:
+            paths.append(entry[3:])
+            if entry[0] in "RC" and entries:
+                paths.append(entries.pop(0))
+    return paths
 
 
 def git_state(cwd: Path | None = None) -> dict[str, str]:
+    """The commit and whether a person changed tracked files since: the pipeline's
+    own bookkeeping (dvc.lock, its outputs) does not make the tree dirty."""
     cwd = cwd or Path.cwd()
     commit = _git(["rev-parse", "HEAD"], cwd) or "unknown"
-    status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
-    dirty = "unknown" if status is None else ("true" if status else "false")
-    return {"git.commit": commit, "git.dirty": dirty}
+    project = next((d for d in (cwd, *cwd.resolve().parents) if (d / "dvc.yaml").is_file()),
+                   cwd)
+    prefix = _git(["rev-parse", "--show-prefix"], project)  # the project's folder in git
+    status = _git(["status", "--porcelain", "-z", "--untracked-files=no"], cwd, strip=False)
+    if status is None or prefix is None:
+        return {"git.commit": commit, "git.dirty": "unknown"}
+    ours = {prefix + path for path in pipeline_outputs(project)}
+    mine = [path for path in _changed_paths(status)
+            if not any(path == out or path.startswith(out + "/") for out in ours)]
+    return {"git.commit": commit, "git.dirty": "true" if mine else "false"}
 
 
 def stage_hashes(lock_file: Path = Path("dvc.lock"),

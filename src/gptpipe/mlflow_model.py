@@ -15,14 +15,20 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 # The layout this file reads: artifacts `weights` and `tokenizer`, the params of
-# PREDICT_DEFAULTS. Raise it when that changes: a model of a format the installed
+# predict_defaults(). Raise it when that changes: a model of a format the installed
 # gptpipe does not read is refused, naming the gptpipe version that logged it.
 FORMAT = 1
 FORMAT_KEY = "gptpipe_model_format"
 VERSION_KEY = "gptpipe_version"
-# predict's params and their defaults (params.yaml's sample defaults; top_k 0 = off)
-PREDICT_DEFAULTS = {"max_new_tokens": 500, "temperature": 0.8, "top_k": 0, "top_p": 1.0,
-                    "seed": 1337}
+
+
+def predict_defaults() -> dict:
+    """predict's params and their defaults: the sample stage's (top_k 0 = off)."""
+    from gptpipe.params import SampleParams
+
+    sample = SampleParams()
+    return {"max_new_tokens": sample.max_new_tokens, "temperature": float(sample.temperature),
+            "top_k": sample.top_k or 0, "top_p": float(sample.top_p), "seed": sample.seed}
 
 
 def check_format(config: dict | None, where: str) -> None:
@@ -56,12 +62,13 @@ class GptpipeModel(PythonModel):
                 f"({exc}); install gptpipe {config.get(VERSION_KEY)}") from None
         installed_check_format(config, "MLflow model")
         self.encode_prompt, self.generate = encode_prompt, generate
+        self.defaults = predict_defaults()
         self.model, self.tokenizer = load_model(context.artifacts["weights"],
                                                 tokenizer_path=context.artifacts["tokenizer"])
 
     # The DataFrame hint: MLflow checks inputs against the logged signature only.
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[str]:
-        settings = {**PREDICT_DEFAULTS, **(params or {})}
+        settings = {**self.defaults, **(params or {})}
         texts = []
         for i, prompt in enumerate(model_input["prompt"].tolist()):
             ids = self.encode_prompt(self.tokenizer, str(prompt), f"prompt {i}")

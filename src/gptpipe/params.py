@@ -1,8 +1,11 @@
 """Typed, validated params: the one place params.yaml is read and checked.
 
 Every key has a type and a rule. An unknown key names the nearest valid one;
-a wrong value names the key and what is wrong. Floats are parsed robustly,
-because PyYAML (YAML 1.1) reads `2e-5` as a string while DVC reads a float.
+a wrong value names the key and what is wrong. A key with a fixed set of values
+has a `Literal` type: its choices live there, once, for the check and the
+message (params.yaml lists them in a comment; tests/test_params.py binds the
+two, and the defaults). Floats are parsed robustly, because PyYAML (YAML 1.1)
+reads `2e-5` as a string while DVC reads a float.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, get_type_hints
+from typing import Any, Callable, Literal, Optional, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -38,7 +41,7 @@ class DataParams:
 @dataclass(frozen=True)
 class CleanParams:
     encoding: str = "utf-8"          # utf-8 | auto (BOM, then a detector) | any Python codec
-    on_invalid_utf8: str = "error"   # error | replace (undecodable bytes become U+FFFD)
+    on_invalid_utf8: Literal["error", "replace"] = "error"  # replace: bad bytes -> U+FFFD
     max_replaced_fraction: float = 0.001  # replace: fail when more of a file is U+FFFD
     ascii_punctuation: bool = False  # fold typographic quotes and dashes to ASCII
     play_markdown: bool = True       # turn the embedded plays' markdown into SPEAKER: form
@@ -48,10 +51,11 @@ class CleanParams:
 
 @dataclass(frozen=True)
 class TokenizerParams:
-    kind: str = "char"               # char | bpe | tiktoken
+    kind: Literal["char", "bpe", "tiktoken", "from_model"] = "char"  # from_model: init_from's
     vocab_size: int = 1024           # bpe only
     encoding: str = "gpt2"           # tiktoken only: gpt2 | cl100k_base | o200k_base | ...
     encoding_file: str = ""          # tiktoken only: a local .tiktoken file for offline use
+    unknown_chars: Literal["error", "drop", "replace"] = "error"  # from_model, char: new chars
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class SplitParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    kind: str = "gpt"                # gpt | bigram | modern
+    kind: Literal["gpt", "bigram", "modern"] = "gpt"
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
@@ -86,14 +90,15 @@ class TrainParams:
     eval_interval: int = 250
     eval_batches: int = 20
     seed: int = 1337
-    device: str = "auto"             # auto | cpu | cuda | mps
-    autocast: str = "auto"           # auto | bf16 | off
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    autocast: Literal["auto", "bf16", "off"] = "auto"
     threads: int = 0                 # torch threads on CPU; 0 = torch's default
     checkpoint_interval: int = 250
     grad_accum: int = 1
     launcher: str = "python"         # python | torchrun --nproc_per_node=N (dvc.yaml's cmd)
-    optimizer: str = "adamw"         # adamw | muon (the blocks' matrices; the rest AdamW)
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: the blocks' matrices; the rest AdamW
     muon_lr: float = 0.02            # Muon's peak step; follows train.lr's warmup and decay
+    init_from: str = "scratch"       # scratch | model file | runs:/<id>/model | models:/<name>@<a>
 
 
 @dataclass(frozen=True)
@@ -103,9 +108,9 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class SampleParams:
-    prompts: tuple = ("\n",)
-    num_samples: int = 2
-    max_new_tokens: int = 500
+    prompts: tuple = ("\n", "ROMEO:")
+    num_samples: int = 1
+    max_new_tokens: int = 400
     temperature: float = 0.8
     top_k: Optional[int] = None      # null = off; else keep the k likeliest tokens
     top_p: float = 1.0               # 1.0 = off
@@ -147,7 +152,16 @@ class Params:
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
+def choices(kind: Any) -> tuple[str, ...] | None:
+    """The values a `Literal[...]` type allows; None for any other type."""
+    return get_args(kind) if get_origin(kind) is Literal else None
+
+
 def _coerce(key: str, value: Any, kind: Any) -> Any:
+    if choices(kind) is not None:
+        if not isinstance(value, str):
+            raise UserError(f"params: {key}: expected a string, got {value!r}")
+        return value  # checked against the choices in validate()
     if kind == Optional[int]:
         return None if value is None else _coerce(key, value, int)
     if kind is bool:
@@ -217,14 +231,24 @@ def _build_section(cls: type, name: str, raw: Any) -> Any:
                   lambda key, value, hint: _coerce(f"{name}.{key}", value, hint))
 
 
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UserError(f"params: {key}: must be one of {', '.join(choices)}, got {value!r}")
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UserError(f"params: {key}: must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def _check(ok: bool, key: str, rule: str, value: Any) -> None:
     if not ok:
         raise UserError(f"params: {key}: must be {rule}, got {value!r}")
+
+
+def _check_choices(p: Params) -> None:
+    """Every `Literal` key holds one of its choices."""
+    for section in dataclasses.fields(p):
+        values = getattr(p, section.name)
+        for name, kind in get_type_hints(type(values)).items():
+            allowed = choices(kind)
+            if allowed is not None:
+                _choice(f"{section.name}.{name}", getattr(values, name), allowed)
 
 
 def is_text_codec(name: str) -> bool:
@@ -236,6 +260,7 @@ def is_text_codec(name: str) -> bool:
 
 def validate(p: Params) -> Params:
     """The rules a value must follow; each failure names its key."""
+    _check_choices(p)
     _check(p.data.source.strip() != "", "data.source", "a non-empty source", p.data.source)
     _check(p.data.sha256 == "" or re.fullmatch(r"[0-9a-fA-F]{64}", p.data.sha256) is not None,
            "data.sha256", "empty or 64 hex digits", p.data.sha256)
@@ -246,10 +271,11 @@ def validate(p: Params) -> Params:
         raise UserError(f"params: clean.encoding: unknown codec {p.clean.encoding!r} "
                         "(use utf-8, auto, or a Python text codec such as koi8_r, "
                         "cp1251, utf-16)")
-    _choice("clean.on_invalid_utf8", p.clean.on_invalid_utf8, ("error", "replace"))
     _check(0 <= p.clean.max_replaced_fraction <= 1, "clean.max_replaced_fraction",
            "between 0 and 1", p.clean.max_replaced_fraction)
-    _choice("tokenizer.kind", p.tokenizer.kind, ("char", "bpe", "tiktoken"))
+    _check(p.tokenizer.kind != "from_model" or p.train.init_from.strip() != "scratch",
+           "tokenizer.kind", "char, bpe or tiktoken when train.init_from is scratch "
+           "(from_model reuses the init_from model's tokenizer)", p.tokenizer.kind)
     if p.tokenizer.kind == "bpe":
         _check(256 <= p.tokenizer.vocab_size <= 65536, "tokenizer.vocab_size",
                "between 256 and 65536 for bpe (uint16 token ids)", p.tokenizer.vocab_size)
@@ -258,7 +284,6 @@ def validate(p: Params) -> Params:
     _check(0 <= p.split.max_val_overlap <= 1, "split.max_val_overlap", "between 0 and 1",
            p.split.max_val_overlap)
     m = p.model
-    _choice("model.kind", m.kind, ("gpt", "bigram", "modern"))
     for key in ("n_layer", "n_head", "n_embd", "block_size"):
         _check(getattr(m, key) >= 1, f"model.{key}", ">= 1", getattr(m, key))
     _check(m.n_embd % m.n_head == 0, "model.n_embd",
@@ -286,12 +311,11 @@ def validate(p: Params) -> Params:
            t.checkpoint_interval)
     _check(t.grad_accum >= 1, "train.grad_accum", ">= 1", t.grad_accum)
     _check(0 <= t.threads <= 1024, "train.threads", "between 0 and 1024", t.threads)
-    _choice("train.device", t.device, ("auto", "cpu", "cuda", "mps"))
     _check(t.launcher.split()[:1] in (["python"], ["python3"], ["torchrun"]), "train.launcher",
            "'python' or 'torchrun --nproc_per_node=N'", t.launcher)
-    _choice("train.autocast", t.autocast, ("auto", "bf16", "off"))
-    _choice("train.optimizer", t.optimizer, ("adamw", "muon"))
     _check(0 < t.muon_lr <= MAX_LR, "train.muon_lr", f"in (0, {MAX_LR:g}]", t.muon_lr)
+    _check(t.init_from.strip() != "", "train.init_from",
+           "scratch, a model file, runs:/<id>/model or models:/<name>@<alias>", t.init_from)
     _check(p.evaluate.batch_size >= 1, "evaluate.batch_size", ">= 1", p.evaluate.batch_size)
     s = p.sample
     _check(len(s.prompts) >= 1, "sample.prompts", "a non-empty list", list(s.prompts))

@@ -25,20 +25,23 @@ CHAMPION = "champion"
 VAL_SHA_TAG, BPC_TAG = "data.sha256.val.npy", "val.bits_per_char"
 # run tags copied onto each model version
 VERSION_TAGS_FROM_RUN = ("git.commit", "git.dirty", "data.sha256.train.npy", VAL_SHA_TAG,
-                         "data.sha256.tokenizer.json", "data.sha256.raw")
+                         "data.sha256.tokenizer.json", "data.sha256.raw",
+                         # a fine-tune's start (train.init_from): what it was fine-tuned from
+                         "gptpipe.init_from", "gptpipe.parent_run_id",
+                         "gptpipe.parent_model_version", "gptpipe.parent_model_sha256")
 
 
 def _signature():
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    from .mlflow_model import PREDICT_DEFAULTS
+    from .mlflow_model import predict_defaults
 
     kinds = {int: "long", float: "double"}
     return ModelSignature(
         inputs=Schema([ColSpec("string", "prompt")]), outputs=Schema([ColSpec("string")]),
         params=ParamSchema([ParamSpec(key, kinds[type(value)], value)
-                            for key, value in PREDICT_DEFAULTS.items()]))
+                            for key, value in predict_defaults().items()]))
 
 
 def log_model(tracker, run_id: str, weights: Path, tokenizer: Path, registered_model: str,
@@ -242,3 +245,33 @@ def _check_exists(client, uri: str, store: str) -> None:
     if alias is None and (not version.isdigit() or missing(client.get_model_version, name,
                                                             version)):
         raise UserError(f"{uri}: registered model {name!r} has no version {version!r}")
+
+
+def pin(uri: str) -> dict:
+    """A runs:/ or models:/ URI made concrete now: the version an alias points at,
+    the run that logged it. {"uri" (runs:/... or models:/<name>/<version>),
+    "run_id", "model_name", "version"}; train.init_from's init stage downloads that
+    concrete URI, so a moving alias cannot change between naming and download."""
+    from .tracking import Tracker, _retry_locked, redact_uri
+
+    try:
+        tracker = Tracker()
+    except UserError as exc:
+        raise UserError(f"{uri}: {exc}") from None
+    client = tracker.client
+    _check_exists(client, uri, redact_uri(tracker.uri))
+    if uri.startswith("runs:/"):
+        run_id = uri[len("runs:/"):].split("/")[0]
+        version = run_version(tracker, run_id)
+        return {"uri": uri, "run_id": run_id,
+                "model_name": version.name if version is not None else "",
+                "version": str(version.version) if version is not None else ""}
+    rest = uri[len("models:/"):]
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        found = _retry_locked(client.get_model_version_by_alias, name, alias)
+    else:
+        name, number = rest.split("/")[:2]
+        found = _retry_locked(client.get_model_version, name, number)
+    return {"uri": f"models:/{name}/{found.version}", "run_id": found.run_id or "",
+            "model_name": name, "version": str(found.version)}

@@ -24,16 +24,20 @@ def history_csv(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_loss_curve(rows, path: Path, title: str) -> None:
+def loss_axes(figsize: tuple[float, float]):
+    """A figure and axes for loss curves (matplotlib without a display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    steps = [r.step for r in rows]
-    ax.plot(steps, [r.train_loss for r in rows], label="train loss")
-    ax.plot(steps, [r.val_loss for r in rows], label="val loss")
+    return plt.subplots(figsize=figsize, dpi=100)
+
+
+def save_loss_chart(fig, ax, path: Path, title: str) -> None:
+    """Label, then write the PNG with no timestamp, so equal curves give equal bytes."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(title)
@@ -45,4 +49,13 @@ def write_loss_curve(rows, path: Path, title: str) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-__all__ = ["losses_csv", "history_csv", "write_loss_curve", "write_text"]
+def write_loss_curve(rows, path: Path, title: str) -> None:
+    fig, ax = loss_axes((6, 4))
+    steps = [r.step for r in rows]
+    ax.plot(steps, [r.train_loss for r in rows], label="train loss")
+    ax.plot(steps, [r.val_loss for r in rows], label="val loss")
+    save_loss_chart(fig, ax, path, title)
+
+
+__all__ = ["losses_csv", "history_csv", "loss_axes", "save_loss_chart", "write_loss_curve",
+           "write_text"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import codecs
 import os
+import unicodedata
 from pathlib import Path
 from typing import Iterable
 
@@ -67,10 +68,33 @@ class CharTokenizer:
         ids = np.minimum(ids, len(self.chars) - 1)
         bad = self._codepoints[ids] != codes
         if bad.any():
-            unknown = sorted({chr(c) for c in codes[bad]})
-            shown = ", ".join(repr(c) for c in unknown[:10])
-            raise UserError(f"{what}: characters not in the tokenizer's vocabulary: {shown}")
+            raise UserError(f"{what}: characters not in the tokenizer's vocabulary: "
+                            f"{describe_counts(self.unknown_counts(text))}")
         return ids.astype(np.int64)
+
+    def unknown_counts(self, text: str) -> dict[str, int]:
+        """Each character of `text` the vocabulary lacks, with how often it occurs."""
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = np.minimum(np.searchsorted(self._codepoints, codes), len(self.chars) - 1)
+        values, counts = np.unique(codes[self._codepoints[ids] != codes], return_counts=True)
+        return {chr(v): int(n) for v, n in sorted(zip(values.tolist(), counts.tolist()),
+                                                  key=lambda vc: (-vc[1], vc[0]))}
+
+    def map_unknown(self, text: str, mode: str) -> tuple[str, dict[str, int]]:
+        """`text` with the characters the vocabulary lacks dropped or replaced
+        (an accented letter by its base letter when that is known, else a space)."""
+        unknown = self.unknown_counts(text)
+        if not unknown or mode == "error":
+            return text, unknown
+        table = {}
+        for char in unknown:
+            if mode == "drop":
+                table[ord(char)] = None
+            else:
+                base = unicodedata.normalize("NFKD", char)[:1]
+                table[ord(char)] = base if base in self._index else (
+                    " " if " " in self._index else None)
+        return text.translate(table), unknown
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[i] for i in ids)
@@ -114,6 +138,12 @@ class RankTokenizer:
         return {"kind": self.kind, "name": self.name, "vocab_size": self.vocab_size,
                 "pattern": self.pattern, "special_tokens": self.special_tokens,
                 "ranks": [base64.b64encode(token).decode("ascii") for token in self.ranks]}
+
+
+def describe_counts(counts: dict[str, int], limit: int = 12) -> str:
+    shown = ", ".join(f"{c!r} x{n}" for c, n in list(counts.items())[:limit])
+    more = len(counts) - limit
+    return shown + (f" and {more} more" if more > 0 else "")
 
 
 def train_bpe(train_text: str, vocab_size: int) -> RankTokenizer:

@@ -17,7 +17,6 @@ log_missing_metrics, and the run id): no MLflow code here.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import signal
@@ -36,6 +35,7 @@ from .lineage import repo_root
 from .model import ModelConfig, build, count_params
 from .params import Params
 from .training import EvalRow, Trainer
+from .warm_start import Start
 
 MetricRow = tuple[str, float, int]  # (key, value, step)
 
@@ -74,7 +74,7 @@ class TrainRun:
 
     @classmethod
     def build(cls, p: Params, device: torch.device, world: World, tracker,
-              vocab_size: int, train_data: np.ndarray, val_data: np.ndarray,
+              begin: Start, train_data: np.ndarray, val_data: np.ndarray,
               data_hashes: dict[str, str]) -> "TrainRun":
         if p.train.threads:
             torch.set_num_threads(p.train.threads)
@@ -83,11 +83,15 @@ class TrainRun:
         amp = choose_autocast(device, p.train.autocast)
         identity = {**p.flat(("model", "train")), "world_size": world.size,
                     "autocast_dtype": amp.name,
-                    **{f"sha256.{k}": v for k, v in data_hashes.items()}}
+                    **{f"sha256.{k}": v for k, v in data_hashes.items()},
+                    "sha256.init_model": begin.source.get("model_sha256", "")}
         ckpt_dir = repo_root() / ".gptpipe" / "checkpoints" / checkpoints.identity_key(identity)
         make_deterministic(p.train.seed)
-        cfg = ModelConfig(**dataclasses.asdict(p.model), vocab_size=vocab_size)
-        model = build(cfg).to(device)
+        cfg = begin.config
+        model = build(cfg)
+        if not begin.is_scratch:
+            begin.load_into(model)  # fine-tuning: the init_from weights
+        model = model.to(device)
         ddp_model = None
         if world.size > 1:
             from torch.nn.parallel import DistributedDataParallel

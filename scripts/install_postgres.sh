@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install PostgreSQL (Debian's `postgresql` package) for tests/test_team_loop.py,
+# which starts a throwaway cluster of its own (initdb + pg_ctl in a temp dir, on
+# a loopback port) as the MLflow server's backend store. Nothing here starts or
+# enables the system cluster. Idempotent: does nothing when initdb is present.
+# Uses sudo only when not root. Fails loudly (non-zero) when it cannot install.
+set -euo pipefail
+
+find_initdb() { printf "%s\n" /usr/lib/postgresql/*/bin/initdb | grep -v "\*" | sort -V | tail -n 1; }
+
+initdb="$(find_initdb || true)"
+if [[ -n "$initdb" ]]; then
+    echo "==> postgres: $("$initdb" --version) already installed ($(dirname "$initdb"))"
+    exit 0
+fi
+
+if [[ "$(id -u)" -eq 0 ]]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+else
+    echo "install_postgres.sh: error: not root and no sudo: cannot install postgresql" >&2
+    exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install_postgres.sh: error: no apt-get (not Debian/Ubuntu): install PostgreSQL" \
+         "yourself (initdb and pg_ctl under /usr/lib/postgresql/<version>/bin)" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+echo "==> postgres: apt-get update"
+"${SUDO[@]}" apt-get update -q
+echo "==> postgres: apt-get install postgresql"
+"${SUDO[@]}" apt-get install -y -q --no-install-recommends postgresql
+initdb="$(find_initdb || true)"
+if [[ -z "$initdb" ]]; then
+    echo "install_postgres.sh: error: postgresql installed but no initdb under" \
+         "/usr/lib/postgresql/*/bin" >&2
+    exit 1
+fi
+echo "==> postgres: $("$initdb" --version) ($(dirname "$initdb"))"

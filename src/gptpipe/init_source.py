@@ -1,0 +1,40 @@
+"""`train.init_from`: where the init stage puts the model a run starts from.
+
+    models/init/model.pt        the source model file, byte for byte
+    models/init/tokenizer.json  its tokenizer, byte for byte
+    models/init/source.json     what was resolved: the param, run id, version, sha256s
+
+Only names and reading source.json here (no torch, no MLflow): the tokenize
+stage reads the tokenizer, train the model; init_resolve.py writes them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import UserError
+from .files import read_json
+
+INIT_DIR = Path("models/init")
+MODEL = INIT_DIR / "model.pt"
+TOKENIZER = INIT_DIR / "tokenizer.json"
+SOURCE = INIT_DIR / "source.json"
+SCRATCH = "scratch"
+URI_PREFIXES = ("runs:/", "models:/")
+# model.* keys that may differ from the source model: dropout is a training-time
+# regulariser, not part of the architecture (the weights fit any value).
+FREE_MODEL_KEYS = ("dropout",)
+
+
+def is_uri(init_from: str) -> bool:
+    return init_from.startswith(URI_PREFIXES)
+
+
+def read_source(init_from: str) -> dict:
+    """source.json as the init stage wrote it for this very `init_from`."""
+    if not SOURCE.is_file():
+        raise UserError(f"{SOURCE}: not found (run the init stage: `dvc repro init`)")
+    source = read_json(SOURCE)
+    if source.get("init_from") != init_from.strip():
+        raise UserError(f"{SOURCE}: resolved {source.get('init_from')!r}, not train.init_from "
+                        f"{init_from!r}; rerun the init stage (`dvc repro`)")
+    return source
