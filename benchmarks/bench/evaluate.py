@@ -1,5 +1,6 @@
 """evaluate: the evaluate stage's inference, fp32 (the stage before train.autocast
-reached it) vs the stage now (train.autocast auto), bf16, batch 64 vs 256."""
+reached it, batch 64) vs the stage now (train.autocast auto, the default
+evaluate.batch_size), and bf16/fp32 at batch 64 and 256."""
 from __future__ import annotations
 
 import time
@@ -30,12 +31,14 @@ def bench_evaluate(ctx: Context) -> None:
     n = 40_000 if ctx.quick else 400_000
     chunks = [data[i:i + n // 8 + 1] for i in range(0, n, n // 8)]
     from gptpipe.devices import choose_autocast
+    from gptpipe.params import EvaluateParams
 
     cpu = torch.device("cpu")
     auto = choose_autocast(cpu, "auto")
-    stage_label = f"the evaluate stage now: train.autocast auto ({auto.name}), batch 64"
+    batch = EvaluateParams().batch_size  # the stage's default evaluate.batch_size
+    stage_label = f"the evaluate stage now: train.autocast auto ({auto.name}), batch {batch}"
     variants = {"fp32, batch 64 (the evaluate stage before)": (None, 64),
-                stage_label: (auto.dtype, 64),
+                stage_label: (auto.dtype, batch),
                 "bf16 autocast, batch 64": (torch.bfloat16, 64),
                 "fp32, batch 256": (None, 256),
                 "bf16 autocast, batch 256": (torch.bfloat16, 256)}
