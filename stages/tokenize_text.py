@@ -5,6 +5,7 @@ from gptpipe import params, tokenizers
 from gptpipe.arrays import save_tokens, split_point
 from gptpipe.errors import UserError, run_main
 from gptpipe.files import write_bytes, write_json
+from gptpipe.init_source import PLACEHOLDER
 from gptpipe.init_source import TOKENIZER as INIT_TOKENIZER
 
 CORPUS = Path("data/clean/corpus.txt")
@@ -24,8 +25,8 @@ def main() -> None:
     if p.kind == "from_model":
         # The init_from model's tokenizer, byte for byte (train checks the sha256).
         tokenizer_bytes = INIT_TOKENIZER.read_bytes() if INIT_TOKENIZER.is_file() else b""
-        if not tokenizer_bytes:
-            raise UserError(f"{INIT_TOKENIZER}: empty or missing; tokenizer.kind from_model "
+        if tokenizer_bytes in (b"", PLACEHOLDER):
+            raise UserError(f"{INIT_TOKENIZER}: no start model's tokenizer; tokenizer.kind from_model "
                             "needs train.init_from's model (run `dvc repro`)")
         tokenizer = tokenizers.load(INIT_TOKENIZER)
         if tokenizer.kind == "char":

@@ -15,6 +15,7 @@ import torch
 from conftest import env_for, make_project, run, tiny_text, write_params
 from gptpipe import checkpoints
 from gptpipe.files import sha256_file, write_json
+from gptpipe.init_source import PLACEHOLDER
 from gptpipe.model import ModelConfig, build
 from gptpipe.tokenizers import CharTokenizer
 
@@ -73,7 +74,7 @@ def test_scratch_writes_placeholders_and_the_same_bytes_every_time(proj):
     assert init(proj, "scratch").returncode == 0
     assert json.loads((proj / "models/init/source.json").read_text()) == {
         "init_from": "scratch"}
-    assert (proj / "models/init/model.pt").read_bytes() == b""
+    assert (proj / "models/init/model.pt").read_bytes() == PLACEHOLDER
     first = {out: (proj / out).read_bytes() for out in INIT_OUTS}
     assert init(proj, "scratch").returncode == 0
     assert {out: (proj / out).read_bytes() for out in INIT_OUTS} == first

@@ -4,7 +4,7 @@ init stage).
 The init stage turns the param into the files init_source.py names, which the
 rest of the pipeline depends on, so DVC reruns tokenize and train when, and only
 when, those bytes change (a moved alias, a new file), not when the same model is
-resolved again. `scratch` writes an empty model.pt and tokenizer.json and a
+resolved again. `scratch` writes placeholder model.pt and tokenizer.json files and a
 source.json that says so: the graph stays one graph and a scratch pipeline never
 reruns for it. Every source goes through registry.model_files, the one resolver
 of model references (a path, a downloaded MLflow model folder, `runs:/...`,
@@ -21,7 +21,7 @@ from typing import Iterator
 
 from .errors import UserError
 from .files import sha256_bytes, sha256_file, write_bytes, write_json
-from .init_source import MODEL, SCRATCH, SOURCE, TOKENIZER, is_uri
+from .init_source import MODEL, PLACEHOLDER, SCRATCH, SOURCE, TOKENIZER, is_uri
 
 TRAINED_MODEL = "models/model.pt"  # the train stage's output
 
@@ -106,8 +106,8 @@ def materialise(init_from: str) -> dict:
     init_from = init_from.strip()
     if init_from == SCRATCH:
         source = {"init_from": SCRATCH}
-        write_bytes(MODEL, b"")
-        write_bytes(TOKENIZER, b"")
+        write_bytes(MODEL, PLACEHOLDER)
+        write_bytes(TOKENIZER, PLACEHOLDER)
         write_json(SOURCE, source)
         return source
     with opened(init_from) as found:

@@ -19,6 +19,9 @@ MODEL = INIT_DIR / "model.pt"
 TOKENIZER = INIT_DIR / "tokenizer.json"
 SOURCE = INIT_DIR / "source.json"
 SCRATCH = "scratch"
+# What model.pt and tokenizer.json hold when training from scratch: a line saying
+# so (DVC warns about empty outputs on every run).
+PLACEHOLDER = b"train.init_from is scratch: no start model\n"
 URI_PREFIXES = ("runs:/", "models:/")
 # model.* keys that may differ from the source model: dropout is a training-time
 # regulariser, not part of the architecture (the weights fit any value).
