@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import importlib.util
 import json
 import math
 import os
@@ -49,16 +48,8 @@ def train_params(steps: int, eval_interval: int) -> dict:
             "threads": 1, "autocast": "off", "lr": 1.0e-3, "min_lr": 1.0e-4}
 
 
-def _test_projects():
-    """tests/projects.py, by path: temp projects built as the tests build them."""
-    spec = importlib.util.spec_from_file_location("gptpipe_test_projects",
-                                                  ROOT / "tests" / "projects.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench.measure import projects  # noqa: E402 (tests/projects.py, as the benchmarks load it)
 
-
-projects = _test_projects()
 merge = projects.merge
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
 from conftest import BIN, env_for, make_project, run, tiny_text
+from servers import _stop_group
 from test_mlflow_server import free_port
 
 PROMPT, SEED, N_NEW = "ROMEO:", 7, 40
@@ -252,23 +251,6 @@ def test_a_run_logged_before_mlflow_models_still_loads_by_its_run_uri(trained, m
     assert (code, out) == (0, _sample(trained, "models/model.pt")), err
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)  # the group: mlflow and its uvicorn workers
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait_s)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_with_the_champions_text(trained, request):
     port = free_port()
@@ -280,7 +262,7 @@ def test_mlflow_models_serve_answers_with_the_champions_text(trained, request):
              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
             cwd=trained, env=env, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
-    request.addfinalizer(lambda: _stop(proc))
+    request.addfinalizer(lambda: _stop_group(proc))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + SERVE_TIMEOUT_S
     while True:
@@ -298,7 +280,7 @@ def test_mlflow_models_serve_answers_with_the_champions_text(trained, request):
     served = response.json()["predictions"]
     # the same text as gptpipe sample (and so as a local predict) with the same seed
     assert len(served) == 1 and PROMPT + served[0] + "\n" == _sample(trained, "models/model.pt")
-    _stop(proc)
+    _stop_group(proc)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/ping", timeout=5)
 
