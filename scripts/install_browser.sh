@@ -15,24 +15,5 @@ if [[ -x "$CHROMIUM" && -x "$DRIVER" ]]; then
     exit 0
 fi
 
-if [[ "$(id -u)" -eq 0 ]]; then
-    SUDO=()
-elif command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo)
-else
-    echo "install_browser.sh: not root and no sudo: cannot install chromium" >&2
-    exit 1
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install_browser.sh: no apt-get (not Debian/Ubuntu): install chromium and" \
-         "chromedriver yourself" >&2
-    exit 1
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-echo "==> browser: apt-get update"
-"${SUDO[@]}" apt-get update -q
-echo "==> browser: apt-get install chromium chromium-driver"
-"${SUDO[@]}" apt-get install -y -q --no-install-recommends \
-    chromium chromium-driver fonts-liberation
+bash "$(dirname "$0")/apt_install.sh" browser chromium chromium-driver fonts-liberation
 echo "==> browser: $("$CHROMIUM" --version), $("$DRIVER" --version | cut -d' ' -f1-2)"

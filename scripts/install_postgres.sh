@@ -14,25 +14,7 @@ if [[ -n "$initdb" ]]; then
     exit 0
 fi
 
-if [[ "$(id -u)" -eq 0 ]]; then
-    SUDO=()
-elif command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo)
-else
-    echo "install_postgres.sh: error: not root and no sudo: cannot install postgresql" >&2
-    exit 1
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install_postgres.sh: error: no apt-get (not Debian/Ubuntu): install PostgreSQL" \
-         "yourself (initdb and pg_ctl under /usr/lib/postgresql/<version>/bin)" >&2
-    exit 1
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-echo "==> postgres: apt-get update"
-"${SUDO[@]}" apt-get update -q
-echo "==> postgres: apt-get install postgresql"
-"${SUDO[@]}" apt-get install -y -q --no-install-recommends postgresql
+bash "$(dirname "$0")/apt_install.sh" postgres postgresql
 initdb="$(find_initdb || true)"
 if [[ -z "$initdb" ]]; then
     echo "install_postgres.sh: error: postgresql installed but no initdb under" \
