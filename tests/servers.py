@@ -164,7 +164,31 @@ class PostgresCluster:
 
 # ---- S3 (moto) -------------------------------------------------------------------
 
-class S3Server:
+class _ServerProcess:
+    """A server the tests start in its own process group, wait for, and stop with
+    its group. Subclasses set `root`, `log` and `proc` (None while stopped)."""
+    root: Path
+    log: Path
+    proc: subprocess.Popen | None = None
+
+    def _launch(self, cmd: list[str], env: dict, health_url: str, what: str,
+                timeout_s: float, log_mode: str = "ab") -> None:
+        with open(self.log, log_mode) as log:
+            self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        try:
+            _wait_healthy(self.proc, health_url, self.log, what, timeout_s)
+        except AssertionError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        _stop_group(proc)
+
+
+class S3Server(_ServerProcess):
     """`python -m moto.server` on 127.0.0.1: S3's API, in memory, any key accepted."""
 
     def __init__(self, root: Path):
@@ -182,23 +206,10 @@ class S3Server:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> "S3Server":
-        env = {**os.environ, **LOOPBACK}
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            _wait_healthy(self.proc, self.url + "/moto-api/", self.log, "moto server",
-                          timeout_s)
-        except AssertionError:
-            self.stop()
-            raise
+        self._launch([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                      str(self.port)], {**os.environ, **LOOPBACK}, self.url + "/moto-api/",
+                     "moto server", timeout_s, log_mode="wb")
         return self
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        _stop_group(proc)
 
     def client(self):
         import boto3
@@ -217,7 +228,7 @@ class S3Server:
 
 # ---- MLflow ----------------------------------------------------------------------
 
-class MlflowServer:
+class MlflowServer(_ServerProcess):
     """`mlflow server` on 127.0.0.1, artifacts proxied by the server.
 
     Default: a sqlite backend and local artifacts under `root`. With
@@ -255,21 +266,8 @@ class MlflowServer:
                "--artifacts-destination", self.artifacts_destination]
         if self.app_name:
             cmd += ["--app-name", self.app_name]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        try:
-            _wait_healthy(self.proc, self.url + "/health", self.log, "mlflow server",
-                          timeout_s)
-        except AssertionError:
-            self.stop()
-            raise
+        self._launch(cmd, env, self.url + "/health", "mlflow server", timeout_s)
         return self
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        _stop_group(proc)
 
     def log_tail(self, n_chars: int = 4000) -> str:
         return _tail(self.log, n_chars)
