@@ -48,6 +48,29 @@ def _plain_step(model, data, batch: int, block: int, seed: int = 0):
     return step
 
 
+def newton_schulz_floor(model, bf16: bool, reps: int) -> dict:
+    """Muon's orthogonalisation alone for this model's block matrices, as the
+    optimizer batches it (one stack per shape): its median ms per step and its
+    GFLOP. No Muon step can take less than the AdamW step plus this."""
+    import torch
+
+    from gptpipe.optim import NS_STEPS, _newton_schulz, _same_shape
+
+    mats = [p for name, p in model.named_parameters() if p.dim() == 2 and name.startswith("blocks.")]
+    stacks = [torch.randn(len(group), *sorted(mats[group[0]].shape)) for group in _same_shape(mats)]
+    # per iteration: X X^T (2 r r c), A A (2 r^3), B X (2 r r c) for each (r, c) matrix
+    gflop = sum(s.size(0) * NS_STEPS * (4 * s.size(1) ** 2 * s.size(2) + 2 * s.size(1) ** 3)
+                for s in stacks) / 1e9
+    runs = []
+    for i in range(reps + 2):
+        start = time.perf_counter()
+        for stack in stacks:
+            _newton_schulz(stack, NS_STEPS, bf16)
+        if i >= 2:  # two warm-ups
+            runs.append(time.perf_counter() - start)
+    return {"ms": median(runs) * 1e3, "gflop": gflop}
+
+
 def bench_throughput(ctx: Context) -> None:
     import torch
 
@@ -102,8 +125,13 @@ def bench_throughput(ctx: Context) -> None:
             row["goal"] = (ctx.judge(">= 1.3x", tok_s / base >= 1.3) if bf16_cpu else
                            ">= 1.3x: n/a (no bf16 instructions on this CPU)")
         elif "muon" in label:  # the Muon step's cost against AdamW's, same model
-            muon_cost = median(times[label]) / median(times[adamw_label])
-            row = dict(baseline=f"modern + AdamW {median(times[adamw_label]) * 1e3:.1f} ms/step",
+            adamw_s = median(times[adamw_label])
+            muon_cost = median(times[label]) / adamw_s
+            ns = newton_schulz_floor(variants[label][0], amp is not None, 5 if ctx.quick else 30)
+            extra += (f"; Newton-Schulz alone {ns['ms']:.1f} ms/step ({ns['gflop']:.2f} GFLOP at "
+                     f"{ns['gflop'] / ns['ms'] * 1e3:.0f} GFLOP/s), so no Muon step here can "
+                     f"cost less than {1 + ns['ms'] / 1e3 / adamw_s:.2f}x")
+            row = dict(baseline=f"modern + AdamW {adamw_s * 1e3:.1f} ms/step",
                        ratio=f"{muon_cost:.2f}x time",
                        goal=ctx.judge("<= 1.15x the AdamW step", muon_cost <= 1.15))
         ctx.add("throughput", f"train, 4x4x128, ctx 64, batch 12: {label}",

@@ -36,6 +36,9 @@ def configure_optimizer(model: nn.Module, tp: TrainParams, device: torch.device)
                                        weight_decay=tp.weight_decay, ns_bf16=ns_bf16)])
 
 
+NS_STEPS = 5  # Newton-Schulz iterations per Muon step, as in Muon's reference
+
+
 def _newton_schulz(G: torch.Tensor, steps: int, bf16: bool) -> torch.Tensor:
     """Approximately orthogonalise a stack of wide (rows <= cols) matrices: the
     quintic iteration of Muon, in bf16 when `bf16` (where bf16 matmuls are fast)."""
@@ -58,7 +61,7 @@ class Muon(torch.optim.Optimizer):
     weights as AdamW would."""
 
     def __init__(self, params, lr: float = 1e-3, lr_ratio: float = 20.0,
-                 momentum: float = 0.95, weight_decay: float = 0.0, ns_steps: int = 5,
+                 momentum: float = 0.95, weight_decay: float = 0.0, ns_steps: int = NS_STEPS,
                  ns_bf16: bool = False):
         super().__init__(params, dict(lr=lr, lr_ratio=lr_ratio, momentum=momentum,
                                       weight_decay=weight_decay, ns_steps=ns_steps))
@@ -80,22 +83,32 @@ class Muon(torch.optim.Optimizer):
             # one kernel per op over all the matrices, not one per matrix
             torch._foreach_lerp_(bufs, grads, 1 - group["momentum"])
             updates = torch._foreach_lerp(grads, bufs, group["momentum"])  # Nesterov
-            by_shape: dict[tuple, list[int]] = {}
-            for i, u in enumerate(updates):  # tall matrices are orthogonalised transposed
-                by_shape.setdefault(tuple(sorted(u.shape)), []).append(i)
-            ortho: list = [None] * len(params)
-            for indices in by_shape.values():
-                # (k, rows, cols) with rows <= cols: one bmm chain for every matrix of a shape
-                stack = torch.stack([updates[i].mT if _tall(updates[i]) else updates[i]
-                                     for i in indices])
-                result = _newton_schulz(stack, group["ns_steps"], self.ns_bf16)
-                for i, o in zip(indices, result):
-                    ortho[i] = (o.mT if _tall(params[i]) else o).to(params[i].dtype)
             if group["weight_decay"]:
                 torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
             step_lr = group["lr"] * group["lr_ratio"]
-            scales = [-step_lr * max(1.0, p.size(0) / p.size(1)) ** 0.5 for p in params]
-            torch._foreach_add_(params, torch._foreach_mul(ortho, scales))
+            for indices in _same_shape(params):
+                # (k, rows, cols) with rows <= cols: tall matrices go in transposed
+                stack = torch.stack([updates[i].mT if _tall(updates[i]) else updates[i]
+                                     for i in indices])
+                ortho = _newton_schulz(stack, group["ns_steps"], self.ns_bf16)
+                ortho = ortho.to(params[indices[0]].dtype).unbind(0)  # one cast per stack
+                for tall in (False, True):  # one add kernel per orientation
+                    chosen = [k for k, i in enumerate(indices) if _tall(params[i]) == tall]
+                    if not chosen:
+                        continue
+                    rows, cols = params[indices[chosen[0]]].shape
+                    torch._foreach_add_([params[indices[k]] for k in chosen],
+                                        [ortho[k].mT if tall else ortho[k] for k in chosen],
+                                        alpha=-step_lr * max(1.0, rows / cols) ** 0.5)
+
+
+def _same_shape(params: list[torch.Tensor]) -> list[list[int]]:
+    """Indices of params grouped by shape up to transposition: each group is
+    orthogonalised as one stack."""
+    by_shape: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        by_shape.setdefault(tuple(sorted(p.shape)), []).append(i)
+    return list(by_shape.values())
 
 
 def _tall(m: torch.Tensor) -> bool:

@@ -103,7 +103,7 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    batch_size: int = 256            # windows per forward pass
+    batch_size: int = 32             # windows per forward pass
 
 
 @dataclass(frozen=True)

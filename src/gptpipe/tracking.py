@@ -342,21 +342,26 @@ class Tracker:
 
 
 class BackgroundRun:
-    """The train stage's MLflow side, started in a background thread so the first
+    """The train stage's MLflow side, run in a background thread so the first
     training step does not wait for MLflow's import, the store or the server.
 
-    The thread opens the store at once (Tracker), then creates or reopens the
-    run when `open` says how. `check` raises the thread's error (an unreachable
-    server: a one-line UserError) as soon as it is known; `get` waits for the
-    run. train_run.TrainRun calls `get` before its first checkpoint, since the
-    checkpoint stores the run id and metrics reach MLflow only after it."""
+    Nothing starts until `start` (the train stage calls it once the first step
+    is done: MLflow's imports hold the GIL, and would slow that step's Python
+    side as much as they overlap it). The thread then opens the store (Tracker),
+    and creates or reopens the run as `open` said. `check` raises the thread's
+    error (an unreachable server: a one-line UserError) as soon as it is known;
+    `get` starts the thread if need be and waits for the run. train_run.TrainRun
+    calls `get` before its first checkpoint, since the checkpoint stores the run
+    id and metrics reach MLflow only after it."""
 
     def __init__(self, uri: str | None = None):
         from concurrent.futures import ThreadPoolExecutor
 
+        self._uri = uri
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-start")
-        self._tracker = self._pool.submit(Tracker, uri)
+        self._tracker = None  # futures, once started
         self._run = None
+        self._work: Callable[[], tuple[Tracker, str]] | None = None
         self._monitor = None
 
     def _stop_monitor(self) -> None:
@@ -367,9 +372,9 @@ class BackgroundRun:
     def open(self, run_id_for: Callable[[Tracker], str],
              then: Callable[[Tracker, str], None] | None = None,
              system_metrics: bool = False) -> None:
-        """In the background: run_id_for(tracker) (create a run, or name the
-        resumed one), mark it RUNNING, then `then(tracker, run_id)`, then start
-        the system-metrics monitor (stopped by `stage`'s end)."""
+        """Once started: run_id_for(tracker) (create a run, or name the resumed
+        one), mark it RUNNING, then `then(tracker, run_id)`, then start the
+        system-metrics monitor (stopped by `stage`'s end)."""
         def work() -> tuple[Tracker, str]:
             tracker = self._tracker.result()
             run_id = run_id_for(tracker)
@@ -381,7 +386,16 @@ class BackgroundRun:
                 self._monitor.__enter__()
             return tracker, run_id
 
-        self._run = self._pool.submit(work)
+        self._work = work
+        if self._tracker is not None:
+            self._run = self._pool.submit(work)
+
+    def start(self) -> None:
+        """Begin opening the store, and the run if `open` was called (idempotent)."""
+        if self._tracker is None:
+            self._tracker = self._pool.submit(Tracker, self._uri)
+            if self._work is not None:
+                self._run = self._pool.submit(self._work)
 
     def check(self) -> None:
         for future in (self._tracker, self._run):
@@ -389,8 +403,9 @@ class BackgroundRun:
                 raise future.exception()
 
     def get(self) -> tuple[Tracker, str]:
-        if self._run is None:
+        if self._work is None:
             raise RuntimeError("BackgroundRun.get before open")
+        self.start()
         return self._run.result()
 
     @contextlib.contextmanager

@@ -160,6 +160,7 @@ class TrainRun:
                     if step == first_step:
                         bar.write(f"train: first step done {process_age_s():.2f} s after "
                                   "the process started")
+                        self.tracker.start()  # MLflow from here on, beside training
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}",
                                 refresh=False)
