@@ -76,3 +76,33 @@ def test_off_and_bf16_are_taken_as_asked():
     assert choose_autocast(cpu, "off").name == "fp32"
     assert choose_autocast(cpu, "bf16").dtype == torch.bfloat16
     assert choose_autocast(cpu, "bf16").name == "bf16"
+
+
+def _features_in_a_subprocess(env: dict) -> dict:
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json; from gptpipe.cpu_features import cpu_features, cache_key; "
+            "f = cpu_features(); print(json.dumps({'bf16': f.has_bf16_instructions, "
+            "'cap': f.isa_cap, 'key': cache_key(f), 'describe': f.describe()}))")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_a_capped_instruction_set_is_not_taken_for_the_cpu_s_and_has_its_own_probe():
+    """ONEDNN_MAX_CPU_ISA=AVX2 sends bf16 matmuls to slow reference code even on a
+    CPU with bf16 instructions (~100x slower here): auto must not reuse the
+    uncapped probe's verdict."""
+    plain = _features_in_a_subprocess({"ONEDNN_MAX_CPU_ISA": "", "ATEN_CPU_CAPABILITY": ""})
+    capped = _features_in_a_subprocess({"ONEDNN_MAX_CPU_ISA": "avx2",
+                                        "ATEN_CPU_CAPABILITY": "avx2"})
+    assert plain["cap"] == ""
+    assert capped["cap"] == "ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=AVX2"
+    assert capped["bf16"] is False  # no bf16 instructions usable: fp32, no probe
+    assert capped["key"] != plain["key"] and "capped: ONEDNN_MAX_CPU_ISA=AVX2" in capped["describe"]
+    # a cap that keeps bf16 (or no cap) leaves the CPU's own answer
+    bf16_cap = _features_in_a_subprocess({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16",
+                                          "ATEN_CPU_CAPABILITY": ""})
+    assert bf16_cap["bf16"] is plain["bf16"]

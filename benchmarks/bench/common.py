@@ -118,7 +118,8 @@ def machine() -> dict:
     yes_no = {True: "yes", False: "no"}
     return {"cpu": features.model, "kind": machine_kind(features),
             "features": f"AMX {yes_no[features.amx]}, AVX-512 BF16 "
-                        f"{yes_no[features.avx512_bf16]}, AVX2 {yes_no[features.avx2]}",
+                        f"{yes_no[features.avx512_bf16]}, AVX2 {yes_no[features.avx2]}"
+                        + (f" (as capped by {features.isa_cap})" if features.isa_cap else ""),
             "bf16_instructions": features.has_bf16_instructions,
             "autocast": choice.name, "autocast_reason": choice.reason,
             "cores": os.cpu_count(),
@@ -134,7 +135,9 @@ def machine_kind(features) -> str:
         return "CPU with AMX"
     if features.avx512_bf16:
         return "CPU with AVX-512 BF16, no AMX"
-    return "CPU without bf16 instructions" + (" (AVX2)" if features.avx2 else "")
+    kind = "CPU without bf16 instructions" + (" (AVX2)" if features.avx2 else "")
+    # ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY caps: another kind, emulated on this CPU
+    return f"{kind}, emulated by capping torch: {features.isa_cap}" if features.isa_cap else kind
 
 
 def _load() -> str:

@@ -1,5 +1,6 @@
 """dvc: a no-op `dvc repro` of gptpipe's pipeline (its always-changed init stage
-runs, nothing else) vs a plain 7-stage chain."""
+runs, nothing else) vs a plain chain of as many stages, whose first stage also
+always runs: what gptpipe's deps, params and scripts add to DVC's own cost."""
 from __future__ import annotations
 
 import re
@@ -13,13 +14,15 @@ from .measure import Project, dvc_bin, git_dvc_init, load_yaml
 from .stages import _stage_row
 
 
-def _chain_project(path: Path, ctx: Context) -> Project:
-    """A plain DVC pipeline: seven trivial stages, each copying the previous file."""
+def _chain_project(path: Path, ctx: Context, n_stages: int) -> Project:
+    """A plain DVC pipeline of n_stages trivial stages, each copying the previous
+    file; the first is always_changed, as gptpipe's init stage is."""
     path.mkdir(parents=True)
     proj = Project(path, ctx, None, copy=False)
     (path / "s0.txt").write_text("hello\n")
     stages = {f"s{i}": {"cmd": f"cp s{i - 1}.txt s{i}.txt", "deps": [f"s{i - 1}.txt"],
-                        "outs": [f"s{i}.txt"]} for i in range(1, 8)}
+                        "outs": [f"s{i}.txt"]} for i in range(1, n_stages + 1)}
+    stages["s1"]["always_changed"] = True
     (path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     git_dvc_init(proj)
     proj.run([dvc_bin(ctx.python), "repro", "-q"])
@@ -28,7 +31,7 @@ def _chain_project(path: Path, ctx: Context) -> Project:
 
 def bench_dvc(ctx: Context) -> None:
     """evaluate and sample on tinyshakespeare (the last model trained), then `dvc
-    commit` records the seven stages and a no-op `dvc repro` is timed against a
+    commit` records the stages and a no-op `dvc repro` is timed against a
     plain chain's; the same for the embedded corpus's project when all its
     stages ran."""
     projects = {}
@@ -51,7 +54,9 @@ def bench_dvc(ctx: Context) -> None:
         if not (proj.path / "models" / "init" / "source.json").exists():
             proj.stage("init")  # the tinyshakespeare project ran only the data stages
         proj.run([dvc, "commit", "-f", "-q"])  # record the stages just run in dvc.lock
-    chain = _chain_project(ctx.tmp / "chain", ctx)
+    n_stages = len(yaml.safe_load((next(iter(projects.values())).path / "dvc.yaml")
+                                  .read_text(encoding="utf-8"))["stages"])
+    chain = _chain_project(ctx.tmp / "chain", ctx, n_stages)
     times: dict[str, list[float]] = {label: [] for label in [*projects, "chain"]}
     for _ in range(2 if ctx.quick else 5):  # interleaved
         for label, p in [*projects.items(), ("chain", chain)]:
@@ -60,12 +65,14 @@ def bench_dvc(ctx: Context) -> None:
             times[label].append(time.perf_counter() - start)
             # gptpipe's init stage is always_changed (it re-resolves train.init_from), so
             # a no-op there runs init and skips every other stage.
-            ran = set(re.findall(r"Running stage '([^']+)'", out.stdout)) - {"init"}
+            # (the chain's s1 likewise)
+            ran = set(re.findall(r"Running stage '([^']+)'", out.stdout)) - {"init", "s1"}
             if ran or ("up to date" not in out.stdout and "didn't change" not in out.stdout):
                 raise RuntimeError(f"`dvc repro` in {p.path} was not a no-op:\n{out.stdout}")
     plain = median(times["chain"])
     for label in projects:
         ours = median(times[label])
-        ctx.add("dvc", f"no-op `dvc repro`, gptpipe's 7 stages ({label})", f"{ours:.2f} s",
-                f"plain 7-stage chain {plain:.2f} s (reference {REF_NOOP_S} s)",
+        ctx.add("dvc", f"no-op `dvc repro`, gptpipe's {n_stages} stages ({label})",
+                f"{ours:.2f} s", f"plain {n_stages}-stage chain, first stage always runs, "
+                f"{plain:.2f} s (reference: 7 plain stages {REF_NOOP_S} s)",
                 ratio(ours, plain), ctx.judge("<= 1.5x", ours / plain <= 1.5))

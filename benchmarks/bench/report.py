@@ -83,7 +83,8 @@ def markdown(ctx: Context, info: dict, seconds: float, existing: str = "") -> st
         "- **stages**: each stage script run as DVC would run it, in a temp project; "
         "seconds are wall time including Python start-up, peak RSS from wait4. The "
         "no-op `dvc repro` alternates between gptpipe's project and a plain chain of "
-        "seven `cp` stages.",
+        "as many `cp` stages, the first always_changed like gptpipe's init (which "
+        "re-resolves train.init_from on every repro: an alias can move).",
         f"- **loss**: the train stage on tinyshakespeare (char tokenizer, 90/10 split), "
         f"in a temp dir with a temp MLflow store. The time to val loss <= {TARGET_VAL} "
         "is the stage's wall time (start-up, step-0 eval, evals and writing outputs "
@@ -97,8 +98,11 @@ def markdown(ctx: Context, info: dict, seconds: float, existing: str = "") -> st
         "is shown. Goals are judged only against the baseline of the same command; "
         f"nanoGPT's own {REF_SECONDS:.0f} s (another machine and day) is context.",
         "- **start-up**: the train stage prints when its first optimizer step is done, "
-        "in seconds since its process started (/proc); MLflow opens in the background "
-        "meanwhile.",
+        "in seconds since its process started (/proc); MLflow starts opening in a "
+        "background thread after that step.",
+        "- **emulated kinds**: `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 make bench` "
+        "caps torch's kernels at AVX2 on a bf16-capable CPU: its section is that of a CPU "
+        "without bf16 instructions, marked as emulated.",
         "- **evaluate**: evaluation.total_nats over the same windows for each variant, "
         "interleaved chunk by chunk.",
         "",

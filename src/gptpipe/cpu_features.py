@@ -3,7 +3,9 @@ short bf16-vs-fp32 matmul probe, measured once per machine and cached.
 
 The cache (a JSON file in the user's cache dir, $GPTPIPE_CACHE_DIR or
 $XDG_CACHE_HOME/gptpipe or ~/.cache/gptpipe) is keyed by CPU model, its bf16
-flags and the torch version: a new CPU or torch measures again. Which dtype the
+flags, the instruction sets torch may use (ONEDNN_MAX_CPU_ISA and
+ATEN_CPU_CAPABILITY cap them) and the torch version: a new CPU, cap or torch
+measures again. Which dtype the
 probe chose is recorded by the stages that use it (reports/train.json, MLflow),
 so the machine-dependent choice is never hidden.
 """
@@ -30,10 +32,13 @@ PROBE_SIZE = 1024
 
 @dataclass(frozen=True)
 class CpuFeatures:
+    """What oneDNN may use here: the CPU's instructions, less any the environment's
+    cap (`isa_cap`, e.g. "ONEDNN_MAX_CPU_ISA=AVX2") forbids."""
     model: str
     amx: bool
     avx512_bf16: bool
     avx2: bool
+    isa_cap: str = ""
 
     @property
     def has_bf16_instructions(self) -> bool:
@@ -42,13 +47,29 @@ class CpuFeatures:
     def describe(self) -> str:
         found = [name for name, has in (("AMX", self.amx), ("AVX-512 BF16", self.avx512_bf16),
                                         ("AVX2", self.avx2)) if has]
-        return ", ".join(found) or "none of AMX, AVX-512 BF16, AVX2"
+        text = ", ".join(found) or "none of AMX, AVX-512 BF16, AVX2"
+        return f"{text} (capped: {self.isa_cap})" if self.isa_cap else text
 
 
 def cpu_features() -> CpuFeatures:
-    return CpuFeatures(model=_cpu_model(), amx=_torch_says("_is_amx_tile_supported"),
-                       avx512_bf16=_torch_says("_is_avx512_bf16_supported"),
-                       avx2=_torch_says("_is_avx2_supported"))
+    onednn = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+              or "").strip().upper()
+    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().upper()
+    onednn_capped = onednn not in ("", "ALL", "DEFAULT")
+    caps = []
+    if onednn_capped:
+        caps.append(f"ONEDNN_MAX_CPU_ISA={onednn}")
+    if aten not in ("", "DEFAULT"):
+        caps.append(f"ATEN_CPU_CAPABILITY={aten}")
+    # A oneDNN cap below its bf16 ISAs (e.g. AVX2, AVX512_CORE) leaves bf16 matmuls to
+    # slow reference code, as on a CPU without the instructions.
+    bf16_allowed = not onednn_capped or any(tag in onednn for tag in ("BF16", "AMX", "FP16",
+                                                                       "AVX10"))
+    amx_allowed = not onednn_capped or "AMX" in onednn
+    return CpuFeatures(model=_cpu_model(),
+                       amx=amx_allowed and _torch_says("_is_amx_tile_supported"),
+                       avx512_bf16=bf16_allowed and _torch_says("_is_avx512_bf16_supported"),
+                       avx2=_torch_says("_is_avx2_supported"), isa_cap=", ".join(caps))
 
 
 def _torch_says(name: str) -> bool:
@@ -92,8 +113,9 @@ def cache_file() -> Path:
 
 
 def cache_key(features: CpuFeatures) -> str:
+    cap = f" | {features.isa_cap}" if features.isa_cap else ""
     return (f"{features.model} | amx={int(features.amx)} avx512_bf16="
-            f"{int(features.avx512_bf16)} | torch {torch.__version__}")
+            f"{int(features.avx512_bf16)}{cap} | torch {torch.__version__}")
 
 
 def matmul_speedup(n: int = PROBE_SIZE, reps: int = 5) -> float:
