@@ -13,7 +13,7 @@ disagree).
 --quick is a smoke run for CI (well under a minute on an idle machine): the
 same rows with tiny workloads (the long runs show as skipped); its numbers are
 not measurements. --repeats N runs each time-to-loss config N times (default
-2); --only peak,sampling,... runs some sections. tinyshakespeare: the file
+3); --only peak,sampling,... runs some sections. tinyshakespeare: the file
 GPTPIPE_TINYSHAKESPEARE names (set to ../shared/data/tinyshakespeare.txt next to
 the repo when that exists, and said so), else the presets' URL, checked by its
 sha256; when neither works, its rows say n/a.
@@ -46,7 +46,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.common import ROOT, SECTIONS, Context, machine
+from bench.common import LOSS_REPEATS, ROOT, SECTIONS, Context, machine
 from bench.dvc_noop import bench_dvc
 from bench.evaluate import bench_evaluate
 from bench.peak import bench_peak
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md",
                         help="markdown file to write (default: BENCHMARKS.md)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="train runs per config in the loss section (default: 2, "
-                        "--quick: 1); the median is reported")
+                        help=f"train runs per config in the loss section (default: "
+                        f"{LOSS_REPEATS}, --quick: 1); the median is reported")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {SECTIONS}")
     args = parser.parse_args(argv)
     only = [s for s in args.only.split(",") if s] or list(SECTIONS)
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     use_shared_corpus()
     with tempfile.TemporaryDirectory(prefix="gptpipe-bench-") as tmp:
         ctx = Context(quick=args.quick, tmp=Path(tmp), machine=info,
-                      repeats=max(1, args.repeats or (1 if args.quick else 2)))
+                      repeats=max(1, args.repeats or (1 if args.quick else LOSS_REPEATS)))
         for name in SECTIONS:
             if name not in only:
                 continue

@@ -31,7 +31,7 @@ def main() -> None:
     from gptpipe.train_run import TrainRun, start_world, stop_on_signals
 
     device, world = start_world(p.train.device)
-    # Rank 0 alone talks to MLflow, in the background from here on: training starts
+    # Rank 0 alone talks to MLflow, in the background once step 1 is done: training starts
     # without waiting for it; an unreachable server still fails the stage, before
     # the first checkpoint.
     mlflow = BackgroundRun() if world.is_main else None

@@ -1,7 +1,7 @@
 """The table and BENCHMARKS.md."""
 from __future__ import annotations
 
-from .common import REF_SECONDS, SECTIONS, TARGET_VAL, Context, Row, _load
+from .common import LOSS_REPEATS, REF_SECONDS, SECTIONS, TARGET_VAL, Context, Row, _load
 
 
 def table(rows: list[Row]) -> str:
@@ -94,7 +94,7 @@ def markdown(ctx: Context, info: dict, seconds: float, existing: str = "") -> st
         "elapsed_s (`train loop`). The crossing is confirmed with the loss over the whole "
         "val split of the model at that first eval (retrained to that step in-process, "
         "same seed, unless it is the final model). Eval sets hold >= 20 x 12 x 64 tokens. "
-        "Each config runs `--repeats` times (default 2), in alternating order; the median "
+        f"Each config runs `--repeats` times (default {LOSS_REPEATS}), in alternating order; the median "
         "is shown. Goals are judged only against the baseline of the same command; "
         f"nanoGPT's own {REF_SECONDS:.0f} s (another machine and day) is context.",
         "- **start-up**: the train stage prints when its first optimizer step is done, "

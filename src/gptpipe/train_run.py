@@ -4,7 +4,8 @@ checkpoint, and the metric rows it owes the tracker.
 - Resume: a checkpoint under .gptpipe/checkpoints/<hash of params, data and
   world size>/ (where DVC never deletes it) continues exactly; one from other
   params or data is refused.
-- Training starts at once: MLflow opens in the background (tracking.BackgroundRun);
+- Training starts at once: MLflow opens in the background (tracking.BackgroundRun),
+  started once the first step is done;
   the first checkpoint waits for it, since it stores the run id.
 - Metrics reach the tracker only once the checkpoint covering them is on disk,
   and the checkpoint keeps them too: a resumed run sends those the tracker lacks,
