@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- benchmarks/finetune.py: begin -->", "<!-- benchmarks/finetune.py: end -->"
 BOOKS = "Mt1:1-Joh21:25"  # the four gospels
 STAGES = ("init", "download", "clean", "tokenize", "split", "train")
 SCRIPTS = {"init": "init_model.py", "tokenize": "tokenize_text.py"}
@@ -49,6 +48,7 @@ def train_params(steps: int, eval_interval: int) -> dict:
 
 
 from bench.measure import projects  # noqa: E402 (tests/projects.py, as the benchmarks load it)
+from bench.report import FINETUNE_BEGIN as BEGIN, FINETUNE_END as END  # noqa: E402
 
 merge = projects.merge
 

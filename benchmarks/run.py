@@ -62,14 +62,6 @@ BENCHES = {"peak": bench_peak, "throughput": bench_throughput, "sampling": bench
            "evaluate": bench_evaluate, "tokenizers": bench_tokenizers}
 
 
-def _kept_sections(out: Path) -> str:
-    """Sections other scripts write into the same file (benchmarks/finetune.py's,
-    between its markers) survive a rewrite of the table."""
-    old = out.read_text(encoding="utf-8") if out.exists() else ""
-    begin = old.find("<!-- benchmarks/finetune.py: begin -->")
-    return "\n" + old[begin:] if begin >= 0 else ""
-
-
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -129,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(ctx.rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + _kept_sections(args.out), encoding="utf-8")
+    args.out.write_text(text, encoding="utf-8")
     print(f"\nwrote {args.out} in {seconds:.0f} s"
           + (f"; {len(ctx.errors)} section(s) failed" if ctx.errors else ""))
     return 1 if ctx.errors else 0

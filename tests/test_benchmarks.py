@@ -43,6 +43,7 @@ EXPECTED_ROWS = [
 @pytest.mark.slow
 def test_quick_benchmark_writes_the_table_with_every_row(tmp_path: Path):
     out = tmp_path / "B.md"
+    out.write_text(EARLIER, encoding="utf-8")  # another machine's table, finetune.py's block
     result = subprocess.run([sys.executable, "benchmarks/run.py", "--quick", "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
@@ -64,3 +65,30 @@ def test_quick_benchmark_writes_the_table_with_every_row(tmp_path: Path):
     assert "greedy tokens identical to recomputation: yes" in text
     # the table is printed too, as written
     assert rows[0] in result.stdout
+    # the other machine's section and finetune.py's block are kept once; How is rewritten
+    assert "- machine: an earlier Xeon" in text and text.count(FT_BEGIN) == 1
+    assert text.count("## How (every machine)") == 1 and "- an old How" not in text
+
+
+FT_BEGIN = "<!-- benchmarks/finetune.py: begin -->"
+EARLIER = ("# Benchmarks\n\n## CPU with AMX, elsewhere\n\n- machine: an earlier Xeon\n\n"
+           "## How (every machine)\n\n- an old How\n\n" + FT_BEGIN + "\n\n## Fine-tuning\n\n"
+           "| a | b |\n\n<!-- benchmarks/finetune.py: end -->\n")
+
+
+def test_rewriting_benchmarks_md_keeps_each_section_once():
+    """Each `make bench` rewrites its machine's section and keeps the others: a
+    file that a bad merge left with repeated How and fine-tuning sections comes out
+    with one of each, and the other kinds' sections verbatim."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench.report import how_section, kept_parts
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    how = "\n".join(how_section())
+    repeated = EARLIER + "\n" + how + "\n" + EARLIER.split("## How", 1)[1].split("\n", 1)[1]
+    others, block = kept_parts(repeated, "CPU with AVX-512 BF16, no AMX")
+    assert others == ["## CPU with AMX, elsewhere", "", "- machine: an earlier Xeon"]
+    assert block.startswith(FT_BEGIN) and block.count(FT_BEGIN) == 1 and "| a | b |" in block
+    # this machine's own section is not kept (the run writes it anew)
+    assert kept_parts(repeated, "CPU with AMX, elsewhere")[0] == []

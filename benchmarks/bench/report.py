@@ -48,25 +48,54 @@ def machine_section(ctx: Context, info: dict, seconds: float) -> list[str]:
     return out
 
 
-def other_machines(existing: str, kind: str) -> list[str]:
-    """The sections of other machine kinds in an existing BENCHMARKS.md, verbatim."""
-    sections, current = [], None
+# benchmarks/finetune.py writes its section between these markers; a table run keeps it
+FINETUNE_BEGIN = "<!-- benchmarks/finetune.py: begin -->"
+FINETUNE_END = "<!-- benchmarks/finetune.py: end -->"
+MACHINE_HEADING = "## CPU"  # every machine kind's section (common.machine_kind) starts so
+
+
+def kept_parts(existing: str, kind: str) -> tuple[list[str], str]:
+    """From an existing BENCHMARKS.md: the sections of other machine kinds, verbatim,
+    and finetune.py's block (its first, if a bad merge left several). The "How"
+    section is not kept: markdown writes it anew."""
+    block = ""
+    if FINETUNE_BEGIN in existing and FINETUNE_END in existing:
+        block = (FINETUNE_BEGIN + existing.split(FINETUNE_BEGIN, 1)[1].split(FINETUNE_END, 1)[0]
+                 + FINETUNE_END)
+    sections, current, in_block = [], None, False
     for line in existing.splitlines():
+        if line.strip() == FINETUNE_BEGIN:
+            in_block, current = True, None
+        elif line.strip() == FINETUNE_END:
+            in_block = False
+            continue
+        if in_block:
+            continue
         if line.startswith("## "):
-            current = [] if line[3:].strip() not in (kind, "How") else None
+            other_kind = line.startswith(MACHINE_HEADING) and line[3:].strip() != kind
+            current = [] if other_kind else None
             if current is not None:
                 sections.append(current)
         if current is not None:
             current.append(line)
-    return [line for section in sections for line in section]
+    while sections and sections[-1] and not sections[-1][-1].strip():
+        sections[-1].pop()  # the blank lines before whatever followed
+    return [line for section in sections for line in section], block
 
 
 def markdown(ctx: Context, info: dict, seconds: float, existing: str = "") -> str:
     out = HEADER + machine_section(ctx, info, seconds)
-    others = other_machines(existing, info["kind"])
+    others, finetune_block = kept_parts(existing, info["kind"])
     if others:
-        out += others + ([""] if others[-1] else [])
-    out += [
+        out += others + [""]
+    out += how_section()
+    if finetune_block:
+        out += [finetune_block, ""]
+    return "\n".join(out)
+
+
+def how_section() -> list[str]:
+    return [
         "## How (every machine)",
         "",
         "- **ratio** is result / baseline, both measured by this command (for times, "
@@ -107,4 +136,3 @@ def markdown(ctx: Context, info: dict, seconds: float, existing: str = "") -> st
         "interleaved chunk by chunk.",
         "",
     ]
-    return "\n".join(out)

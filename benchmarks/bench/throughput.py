@@ -77,7 +77,8 @@ def bench_throughput(ctx: Context) -> None:
     from gptpipe.training import Trainer
 
     cpu = torch.device("cpu")
-    peak = max(ctx.peak_fp32 or 0.0, matmul_gflops(reps=3 if ctx.quick else 8)["float32"])
+    peak = max(ctx.peak_fp32 or 0.0,
+               matmul_gflops(reps=3 if ctx.quick else 8, dtypes=("float32",))["float32"])
     data = np.random.default_rng(0).integers(0, 65, size=300_000).astype(np.uint8)
     ref = dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
     torch.manual_seed(0)
