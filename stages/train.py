@@ -32,8 +32,8 @@ def main() -> None:
 
     device, world = start_world(p.train.device)
     # Rank 0 alone talks to MLflow, in the background once step 1 is done: training starts
-    # without waiting for it; an unreachable server still fails the stage, before
-    # the first checkpoint.
+    # without waiting for it. A down server or refused credentials fail the stage here,
+    # before training (one loopback request).
     mlflow = BackgroundRun() if world.is_main else None
     data_hashes = {"train.npy": sha256_file(TRAIN), "val.npy": sha256_file(VAL),
                    "tokenizer.json": sha256_file(TOKENIZER)}

@@ -73,7 +73,7 @@ def test_quick_benchmark_writes_the_table_with_every_row(tmp_path: Path):
 FT_BEGIN = "<!-- benchmarks/finetune.py: begin -->"
 EARLIER = ("# Benchmarks\n\n## CPU with AMX, elsewhere\n\n- machine: an earlier Xeon\n\n"
            "## How (every machine)\n\n- an old How\n\n" + FT_BEGIN + "\n\n## Fine-tuning\n\n"
-           "| a | b |\n\n<!-- benchmarks/finetune.py: end -->\n")
+           "fine-tuned 0.70x\n\n<!-- benchmarks/finetune.py: end -->\n")
 
 
 def test_rewriting_benchmarks_md_keeps_each_section_once():
@@ -89,6 +89,6 @@ def test_rewriting_benchmarks_md_keeps_each_section_once():
     repeated = EARLIER + "\n" + how + "\n" + EARLIER.split("## How", 1)[1].split("\n", 1)[1]
     others, block = kept_parts(repeated, "CPU with AVX-512 BF16, no AMX")
     assert others == ["## CPU with AMX, elsewhere", "", "- machine: an earlier Xeon"]
-    assert block.startswith(FT_BEGIN) and block.count(FT_BEGIN) == 1 and "| a | b |" in block
+    assert block.startswith(FT_BEGIN) and block.count(FT_BEGIN) == 1 and "fine-tuned 0.70x" in block
     # this machine's own section is not kept (the run writes it anew)
     assert kept_parts(repeated, "CPU with AMX, elsewhere")[0] == []

@@ -158,3 +158,6 @@ def test_pipeline_on_a_shared_server_with_basic_auth(request, tmp_path):
     assert wrong.returncode != 0
     assert "not-" + alice_password not in wrong.stdout + wrong.stderr
     assert " step " not in wrong.stdout, "it trained with credentials the server refuses"
+    assert wrong.stderr.strip().splitlines()[-1] == (
+        f"train: error: MLflow tracking server {server.url} refused the credentials (HTTP 401); "
+        "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")

@@ -60,10 +60,35 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
             raise UserError(f"MLflow tracking server {redact_uri(uri)} is unreachable "
                             f"({type(exc).__name__}); start it or unset "
                             "MLFLOW_TRACKING_URI") from None
+        _check_credentials(uri, timeout_s)
     elif scheme == "sqlite":
         folder = Path(uri[len("sqlite:///"):]).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise UserError(f"MLflow store {uri}: folder {folder} is missing or not writable")
+
+
+def _check_credentials(uri: str, timeout_s: float) -> None:
+    """A server with basic auth refuses wrong credentials (401/403): say so now, as
+    MLflow would only after its import. The same credentials MLflow sends: its
+    MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN. Any other answer is
+    left for MLflow to judge."""
+    import requests
+
+    user, password = (os.environ.get("MLFLOW_TRACKING_USERNAME"),
+                      os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = requests.get(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search",
+                                 params={"max_results": 1}, headers=headers,
+                                 auth=(user, password) if user and password else None,
+                                 timeout=timeout_s)
+    except requests.RequestException:
+        return
+    if response.status_code in (401, 403):
+        raise UserError(f"MLflow tracking server {redact_uri(uri)} refused the credentials "
+                        f"(HTTP {response.status_code}); check MLFLOW_TRACKING_USERNAME and "
+                        "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
 
 
 class TrackingUnreachable(UserError):
@@ -123,11 +148,12 @@ def store_lock(uri: str, purpose: str = "init") -> Iterator[None]:
 
 
 class Tracker:
-    def __init__(self, uri: str | None = None):
+    def __init__(self, uri: str | None = None, checked: bool = False):
         import logging
 
         self.uri = uri or tracking_uri()
-        check_reachable(self.uri)  # before importing mlflow (seconds): fail fast
+        if not checked:
+            check_reachable(self.uri)  # before importing mlflow (seconds): fail fast
 
         import mlflow
         from mlflow.tracking import MlflowClient
@@ -357,7 +383,10 @@ class BackgroundRun:
     def __init__(self, uri: str | None = None):
         from concurrent.futures import ThreadPoolExecutor
 
-        self._uri = uri
+        self._uri = uri or tracking_uri()
+        # Here, not in the thread: a down server or refused credentials stop the stage
+        # before training (a loopback request, not MLflow's seconds of imports).
+        check_reachable(self._uri)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-start")
         self._tracker = None  # futures, once started
         self._run = None
@@ -393,7 +422,7 @@ class BackgroundRun:
     def start(self) -> None:
         """Begin opening the store, and the run if `open` was called (idempotent)."""
         if self._tracker is None:
-            self._tracker = self._pool.submit(Tracker, self._uri)
+            self._tracker = self._pool.submit(Tracker, self._uri, checked=True)
             if self._work is not None:
                 self._run = self._pool.submit(self._work)
 
