@@ -27,8 +27,10 @@ Sections:
               tinyshakespeare
   loss        wall time to val loss <= 1.8857 on tinyshakespeare: nanoGPT's
               baby-GPT config vs benchmarks/tinyshakespeare.yaml
-  dvc         a no-op `dvc repro` of gptpipe's pipeline vs a plain 7-stage chain
-  evaluate    the evaluate stage's inference: fp32 vs bf16, batch 64 vs 256
+  dvc         a no-op `dvc repro` of gptpipe's pipeline vs a plain chain of as many
+              stages, the first always run (as gptpipe's init)
+  evaluate    the evaluate stage's inference now vs its fp32 batch-64 past; bf16 and
+              fp32 at batch 64 and 256
   tokenizers  BPE training seconds and encode MB/s
 
 Each section is a module of benchmarks/bench/ (bench/time_to_loss.py for

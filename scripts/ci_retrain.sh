@@ -118,7 +118,7 @@ fi
 if [[ -n "$remote_name" ]]; then
   has_remote=1
   remote_url="$(dvc remote list 2>/dev/null | awk -v n="$remote_name" '$1 == n {print $2}' \
-                | sed -E 's#(://)[^/@]*@#\1***@#')"
+                | sed -E 's#(://)[^/]*@#\1***@#')"
   remote_desc="DVC remote '$remote_name' ($remote_url)"
   if [[ -n "${DVC_REMOTE_ENDPOINT_URL:-}" ]]; then
     dvc remote modify --local "$remote_name" endpointurl "$DVC_REMOTE_ENDPOINT_URL"
@@ -241,7 +241,7 @@ fi
 
 # Where the runs went: a server (password-free URL) or the local sqlite store.
 if [[ -n "${MLFLOW_TRACKING_URI:-}" ]]; then
-  tracking_desc="$(sed -E 's#(://)[^/@]*@#\1***@#' <<<"$MLFLOW_TRACKING_URI")"
+  tracking_desc="$(sed -E 's#(://)[^/]*@#\1***@#' <<<"$MLFLOW_TRACKING_URI")"
 else
   tracking_desc="mlflow.db (sqlite; no MLFLOW_TRACKING_URI)"
 fi

@@ -165,6 +165,19 @@ def project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "proj", corpus=tiny_text())
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """A project with the stages' code and no corpus, built once per test module; a
+    module overrides it to start its tests from another state (e.g. downloaded)."""
+    return make_project(tmp_path_factory.mktemp("template") / "proj", corpus="unused\n")
+
+
+@pytest.fixture
+def proj(template: Path, tmp_path: Path) -> Path:
+    """This module's `template`, copied afresh for each test."""
+    return Path(shutil.copytree(template, tmp_path / "proj", symlinks=True))
+
+
 # Pushkin's "Winter Morning" (1829): Cyrillic text for the legacy-encoding cases.
 RUSSIAN = ("Мороз и солнце; день чудесный!\n"
            "Еще ты дремлешь, друг прелестный -\n"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import unicodedata
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from conftest import ENGLISH, FRENCH, RUSSIAN, build_text_folder, make_project, run, write_params
+from conftest import ENGLISH, FRENCH, RUSSIAN, build_text_folder, run, write_params
 from gptpipe.cleaning import CleanReport, clean_directory, clean_text
 from gptpipe.errors import UserError
 from gptpipe.sources import embedded_plays_dir
@@ -188,16 +187,6 @@ def test_nothing_left_is_an_error(tmp_path, content):
 
 
 # --- as the stage ------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    return make_project(tmp_path_factory.mktemp("clean") / "proj", corpus="unused\n")
-
-
-@pytest.fixture
-def proj(template: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(template, tmp_path / "proj", symlinks=True))
-
 
 def run_clean(proj: Path, files: dict[str, bytes], **clean_params):
     raw = proj / "data" / "raw"

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from gptpipe.cpu_features import cpu_features
 from gptpipe.devices import autocast, autocast_dtype, make_deterministic, pick_device
 from gptpipe.errors import UserError
 from gptpipe.model import ModelConfig, build
@@ -58,11 +57,16 @@ def test_autocast_off_and_bf16_are_taken_as_given():
     assert autocast_dtype(CPU, "bf16") is torch.bfloat16
 
 
-def test_autocast_auto_on_cpu_is_fp32_without_bf16_instructions():
-    if cpu_features().has_bf16_instructions:
-        assert autocast_dtype(CPU, "auto") in (torch.bfloat16, None)  # as measured
-    else:
+def test_autocast_auto_on_cpu_is_fp32_without_bf16_instructions(monkeypatch):
+    from gptpipe import cpu_features as features  # a laptop without AMX or AVX-512 BF16
+
+    monkeypatch.setattr(features, "cpu_features", lambda: features.CpuFeatures(
+        "laptop", amx=False, avx512_bf16=False, avx2=True))
+    features.cpu_bf16_choice.cache_clear()
+    try:
         assert autocast_dtype(CPU, "auto") is None
+    finally:
+        features.cpu_bf16_choice.cache_clear()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")

@@ -168,11 +168,6 @@ def template(tmp_path_factory) -> Path:
     return proj
 
 
-@pytest.fixture
-def proj(template: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(template, tmp_path / "proj", symlinks=True))
-
-
 def download(proj: Path, **data):
     write_params(proj, {"data": data})
     env = env_for(proj, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")

@@ -39,16 +39,6 @@ def save_source(folder: Path, text: str = TEXT, **config) -> Path:
     return folder / "model.pt"
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    return make_project(tmp_path_factory.mktemp("finetune") / "proj", corpus="unused\n")
-
-
-@pytest.fixture
-def proj(template: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(template, tmp_path / "proj", symlinks=True))
-
-
 def stage(proj: Path, script: str):
     return run(["python", f"stages/{script}"], proj, check=False, timeout=300)
 

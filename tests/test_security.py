@@ -186,9 +186,10 @@ def test_the_download_source_accepts_only_http_https_file_and_paths():
     assert schemes == {"http", "https", "file"}
     raised = [node for node in ast.walk(fetch) if isinstance(node, ast.Raise)]
     assert any("unsupported scheme" in ast.unparse(node) for node in raised)
-    # The product fetches URLs with requests (http and https adapters only), never
-    # urllib's urlopen (which also speaks ftp:// and file://) or another client. The
-    # tests may: tests/servers.py makes the S3 stand-in's bucket with boto3.
+    # The product (src/, stages/) fetches URLs with requests (http and https adapters
+    # only), never urllib's urlopen (which also speaks ftp:// and file://) or another
+    # client. Tests and benchmarks may: tests/servers.py makes the S3 stand-in's
+    # bucket with boto3.
     for rel, sub in _trees():
         if not rel.startswith(("src/", "stages/")):
             continue

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import socket
 import warnings
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import env_for, make_project, run, tiny_text, write_params
+from conftest import env_for, run, tiny_text, write_params
 from gptpipe import params, tokenizers
 from gptpipe.arrays import load_tokens, save_tokens
 from gptpipe.errors import UserError
@@ -174,16 +173,6 @@ def test_bpe_vocab_size_limits_are_valid(vocab_size):
 
 
 # --- the stage ---------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    return make_project(tmp_path_factory.mktemp("tokenize") / "proj", corpus="unused\n")
-
-
-@pytest.fixture
-def proj(template: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(template, tmp_path / "proj", symlinks=True))
-
 
 def tokenize(proj: Path, corpus: str | None, env: dict | None = None, **tokenizer_params):
     if corpus is not None:

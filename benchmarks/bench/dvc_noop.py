@@ -64,8 +64,7 @@ def bench_dvc(ctx: Context) -> None:
             out = p.run([dvc, "repro"])
             times[label].append(time.perf_counter() - start)
             # gptpipe's init stage is always_changed (it re-resolves train.init_from), so
-            # a no-op there runs init and skips every other stage.
-            # (the chain's s1 likewise)
+            # a no-op there runs init and skips every other stage; the chain's s1 likewise.
             ran = set(re.findall(r"Running stage '([^']+)'", out.stdout)) - {"init", "s1"}
             if ran or ("up to date" not in out.stdout and "didn't change" not in out.stdout):
                 raise RuntimeError(f"`dvc repro` in {p.path} was not a no-op:\n{out.stdout}")

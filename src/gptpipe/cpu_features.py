@@ -23,6 +23,9 @@ from typing import Callable
 
 import torch
 
+from .errors import UserError
+from .files import write_json
+
 # bf16 must beat fp32 matmuls by this much: a training step also runs
 # elementwise work that bf16 does not speed up (on AMX, 6x faster matmuls made a
 # 1.45x faster step; emulated bf16 on AVX2-only CPUs is slower than fp32).
@@ -150,11 +153,9 @@ def cached_speedup(features: CpuFeatures, probe: Callable[[], float] = matmul_sp
     entries = entries if isinstance(entries, dict) else {}
     entries[key] = {"bf16_matmul_speedup": speedup, "matmul": PROBE_SIZE,
                     "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-    with contextlib.suppress(OSError):  # an unwritable cache only costs a probe per run
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+    # an unwritable cache only costs a probe per run
+    with contextlib.suppress(OSError, UserError):
+        write_json(path, entries)  # atomic: parallel stages may write it at once
     return speedup, False
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .devices import autocast_dtype
 from .params import TrainParams
 
 
-def configure_optimizer(model: nn.Module, tp: TrainParams, device: torch.device):
+def configure_optimizer(model: nn.Module, tp: TrainParams, device: torch.device,
+                        amp_dtype: torch.dtype | None = None):
     """AdamW; weight decay on 2-D weights (matmuls, embeddings) only.
 
     train.optimizer muon: the blocks' 2-D weights go to Muon (at train.muon_lr,
@@ -29,9 +29,9 @@ def configure_optimizer(model: nn.Module, tp: TrainParams, device: torch.device)
                               fused=device.type in ("cuda", "cpu"))
     if not muon:
         return adamw
-    # Newton-Schulz in bf16 when training is (train.autocast): fast there, and the
-    # orthogonalised update needs no more precision than bf16 gives.
-    ns_bf16 = autocast_dtype(device, tp.autocast) == torch.bfloat16
+    # Newton-Schulz in bf16 when training is (amp_dtype, the trainer's autocast): fast
+    # there, and the orthogonalised update needs no more precision than bf16 gives.
+    ns_bf16 = amp_dtype == torch.bfloat16
     return OptimizerChain([adamw, Muon(muon, lr=tp.lr, lr_ratio=tp.muon_lr / tp.lr,
                                        weight_decay=tp.weight_decay, ns_bf16=ns_bf16)])
 
@@ -88,18 +88,17 @@ class Muon(torch.optim.Optimizer):
             step_lr = group["lr"] * group["lr_ratio"]
             for indices in _same_shape(params):
                 # (k, rows, cols) with rows <= cols: tall matrices go in transposed
-                stack = torch.stack([updates[i].mT if _tall(updates[i]) else updates[i]
+                stack = torch.stack([updates[i].mT if _tall(params[i]) else updates[i]
                                      for i in indices])
                 ortho = _newton_schulz(stack, group["ns_steps"], self.ns_bf16)
                 ortho = ortho.to(params[indices[0]].dtype).unbind(0)  # one cast per stack
-                for tall in (False, True):  # one add kernel per orientation
-                    chosen = [k for k, i in enumerate(indices) if _tall(params[i]) == tall]
-                    if not chosen:
-                        continue
-                    rows, cols = params[indices[chosen[0]]].shape
-                    torch._foreach_add_([params[indices[k]] for k in chosen],
-                                        [ortho[k].mT if tall else ortho[k] for k in chosen],
-                                        alpha=-step_lr * max(1.0, rows / cols) ** 0.5)
+                for tall in (False, True):  # one add kernel per orientation (its own scale)
+                    pairs = [(params[i], o.mT if tall else o)
+                             for i, o in zip(indices, ortho) if _tall(params[i]) == tall]
+                    if pairs:
+                        rows, cols = pairs[0][0].shape
+                        torch._foreach_add_([p for p, _ in pairs], [o for _, o in pairs],
+                                            alpha=-step_lr * max(1.0, rows / cols) ** 0.5)
 
 
 def _same_shape(params: list[torch.Tensor]) -> list[list[int]]:

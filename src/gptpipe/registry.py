@@ -19,6 +19,7 @@ from typing import Iterator
 
 from . import __version__
 from .errors import UserError
+from .init_source import is_uri
 
 MODEL_NAME = "model"       # runs:/<run_id>/model
 CHAMPION = "champion"
@@ -132,10 +133,6 @@ def _current_champion(client, name: str):
 
 
 # ---- resolving a model reference -------------------------------------------------
-
-def is_uri(ref: str) -> bool:
-    return ref.startswith(("runs:/", "models:/"))
-
 
 @contextlib.contextmanager
 def model_files(ref: str) -> Iterator[tuple[Path, Path | None]]:

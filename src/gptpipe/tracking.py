@@ -48,47 +48,44 @@ def redact_uri(uri: str) -> str:
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail before training, not after, when the tracking store cannot be used."""
+    """Fail before training, not after, when the tracking store cannot be used: a
+    server that does not answer, or refuses the credentials given in
+    MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN. One request, the
+    cheapest authenticated one, without importing mlflow (seconds). Credentials
+    from elsewhere (~/.mlflow/credentials, MLFLOW_TRACKING_AUTH, AWS SigV4) are
+    MLflow's to judge: a refusal without ours is left to it."""
     scheme = urllib.parse.urlsplit(uri).scheme
     if scheme in ("http", "https"):
         import requests
 
+        user, password = (os.environ.get("MLFLOW_TRACKING_USERNAME"),
+                          os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+        token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+        ours = bool(user and password or token) and not (
+            os.environ.get("MLFLOW_TRACKING_AUTH") or os.environ.get("MLFLOW_TRACKING_AWS_SIGV4"))
         try:
-            response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
-            response.raise_for_status()
+            response = requests.get(
+                uri.rstrip("/") + "/api/2.0/mlflow/experiments/search",
+                params={"max_results": 1}, timeout=timeout_s,
+                headers={"Authorization": f"Bearer {token}"} if ours and token else {},
+                auth=(user, password) if ours and user and password else None)
         except requests.RequestException as exc:
             raise UserError(f"MLflow tracking server {redact_uri(uri)} is unreachable "
                             f"({type(exc).__name__}); start it or unset "
                             "MLFLOW_TRACKING_URI") from None
-        _check_credentials(uri, timeout_s)
+        if response.status_code in (401, 403):
+            if ours:
+                raise UserError(
+                    f"MLflow tracking server {redact_uri(uri)} refused the credentials (HTTP "
+                    f"{response.status_code}); check MLFLOW_TRACKING_USERNAME and "
+                    "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+        elif response.status_code >= 500:
+            raise UserError(f"MLflow tracking server {redact_uri(uri)} is unreachable (HTTP "
+                            f"{response.status_code}); start it or unset MLFLOW_TRACKING_URI")
     elif scheme == "sqlite":
         folder = Path(uri[len("sqlite:///"):]).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise UserError(f"MLflow store {uri}: folder {folder} is missing or not writable")
-
-
-def _check_credentials(uri: str, timeout_s: float) -> None:
-    """A server with basic auth refuses wrong credentials (401/403): say so now, as
-    MLflow would only after its import. The same credentials MLflow sends: its
-    MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN. Any other answer is
-    left for MLflow to judge."""
-    import requests
-
-    user, password = (os.environ.get("MLFLOW_TRACKING_USERNAME"),
-                      os.environ.get("MLFLOW_TRACKING_PASSWORD"))
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = requests.get(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search",
-                                 params={"max_results": 1}, headers=headers,
-                                 auth=(user, password) if user and password else None,
-                                 timeout=timeout_s)
-    except requests.RequestException:
-        return
-    if response.status_code in (401, 403):
-        raise UserError(f"MLflow tracking server {redact_uri(uri)} refused the credentials "
-                        f"(HTTP {response.status_code}); check MLFLOW_TRACKING_USERNAME and "
-                        "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
 
 
 class TrackingUnreachable(UserError):
@@ -374,8 +371,8 @@ class BackgroundRun:
     Nothing starts until `start` (the train stage calls it once the first step
     is done: MLflow's imports hold the GIL, and would slow that step's Python
     side as much as they overlap it). The thread then opens the store (Tracker),
-    and creates or reopens the run as `open` said. `check` raises the thread's
-    error (an unreachable server: a one-line UserError) as soon as it is known;
+    and creates or reopens the run as `open` said (the server itself was checked
+    when this was made). `check` raises the thread's error as soon as it is known;
     `get` starts the thread if need be and waits for the run. train_run.TrainRun
     calls `get` before its first checkpoint, since the checkpoint stores the run
     id and metrics reach MLflow only after it."""

@@ -58,7 +58,7 @@ class Trainer:
 
     def __post_init__(self):
         block = self.model.cfg.block_size
-        self.optimizer = configure_optimizer(self.model, self.tp, self.device)
+        self.optimizer = configure_optimizer(self.model, self.tp, self.device, self.amp_dtype)
         self.micro_batch, self.accum_steps = micro_batching(
             self.tp.batch_size, self.tp.grad_accum, self.world.size)
         self.sampler = WindowSampler(self.train_data, block, self.micro_batch,
