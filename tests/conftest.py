@@ -149,14 +149,10 @@ def make_project(dest: Path, overrides: dict | None = None, corpus: str | None =
     return dest
 
 
-def status_beyond_init(project: Path, env: dict | None = None, args: tuple = ()) -> dict:
-    """`dvc status [args]` without the init stage, which is always_changed (it
-    resolves train.init_from on every repro): {} when everything else is up to date."""
-    status = json.loads(run(["dvc", "status", "--json", *args], project, env=env).stdout
-                        or "{}")
-    if status.get("init") == ["always changed"]:
-        del status["init"]
-    return status
+def dvc_status(project: Path, env: dict | None = None, args: tuple = ()) -> dict:
+    """`dvc status --json [args]`: {} when the pipeline is up to date."""
+    return json.loads(run(["dvc", "status", "--json", *args], project, env=env).stdout
+                      or "{}")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, env_for, make_project, require_tool, run, status_beyond_init, tiny_text
+from conftest import ROOT, env_for, make_project, require_tool, run, dvc_status, tiny_text
 
 WORKFLOW = ROOT / ".github" / "workflows" / "retrain.yml"
 SCRIPT = ROOT / "scripts" / "ci_retrain.sh"
@@ -83,7 +83,7 @@ def test_ci_retrain_reruns_on_a_corpus_change_and_reports_the_diffs(tmp_path):
     # 1. Nothing changed: nothing runs, the report says so, and without --commit
     # nothing is committed.
     result = run(["bash", "scripts/ci_retrain.sh"], project, env=_ci_env(project))
-    assert _ran(result.stdout) == ["init"]  # always_changed: resolves train.init_from
+    assert _ran(result.stdout) == []
     assert "Stages run: init" in result.stdout
     report = result.stdout[result.stdout.index("# Retraining report"):]
     assert "_No metrics changed against `HEAD`._" in _section(report, "Metrics diff")
@@ -124,4 +124,4 @@ def test_ci_retrain_reruns_on_a_corpus_change_and_reports_the_diffs(tmp_path):
     # only those: the corpus change is left to its author
     assert run(["git", "status", "--porcelain"], clone).stdout.split() == [
         "M", "corpus/corpus.txt"]
-    assert status_beyond_init(clone) == {}
+    assert dvc_status(clone) == {}

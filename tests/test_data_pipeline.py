@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import env_for, make_project, run, status_beyond_init, tiny_text, write_params
+from conftest import env_for, make_project, run, dvc_status, tiny_text, write_params
 from gptpipe import tokenizers
 from gptpipe.arrays import load_tokens
 
@@ -69,7 +69,7 @@ def test_second_repro_runs_nothing(built):
     assert ran(output) == set()
     for stage in DATA_STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in output
-    assert status_beyond_init(proj, args=("--with-deps", "split")) == {}
+    assert dvc_status(proj, args=("--with-deps", "split")) == {}
 
 
 def _written(proj: Path) -> dict[str, int]:

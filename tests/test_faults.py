@@ -35,7 +35,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import (env_for, make_project, run, status_beyond_init, tiny_text, tmpfs,
+from conftest import (env_for, make_project, run, dvc_status, tiny_text, tmpfs,
                       write_params)
 
 SCRIPTS = {"init": "init_model.py", "download": "download.py", "clean": "clean.py",
@@ -741,5 +741,5 @@ def test_sigkill_in_each_stage_then_dvc_repro_gives_the_uninterrupted_outputs(tm
     assert all(p.startswith(".gptpipe/tmp/") for p in litter), litter
     if litter:
         print(f"temp files left by the kills: {litter}")
-    assert status_beyond_init(project) == {}
+    assert dvc_status(project) == {}
     assert statuses(project)[run_id_of(project)] == "FINISHED"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import env_for, make_project, run, tiny_text, write_params
+from conftest import dvc_status, env_for, make_project, run, tiny_text, write_params
 from gptpipe import checkpoints
 from gptpipe.files import sha256_file, write_json
 from gptpipe.init_source import PLACEHOLDER
@@ -244,19 +244,39 @@ def test_finetune_from_a_path_starts_from_its_weights_and_links_the_runs(tmp_pat
     assert tags["gptpipe.init_from"] == str(pre_model)
     assert tags["mlflow.parentRunId"] == pre_run  # same experiment: shown nested
 
-    # The same resolution: only the always-changed init stage runs, nothing after it.
-    assert ran_with(ft, env) == ["init"]
+    # Nothing changed: nothing runs, and DVC says so.
+    assert ran_with(ft, env) == []
+    assert dvc_status(ft, env_for(ft, **env), args=("train",)) == {}
     out = run(["gptpipe", "lineage", ft_run], ft, env=env_for(ft, **env), timeout=120).stdout
     chain = out.split("trained from:\n", 1)[1].splitlines()
     assert chain[0].startswith(f"  run {ft_run} (") and f"fine-tuned from {pre_model}" in chain[0]
     assert chain[1].startswith(f"    run {pre_run} (") and chain[1].endswith(": scratch")
 
-    # New bytes at the path (the pretraining went on): train reruns from them.
+    # New bytes at the path (the pretraining went on): pinned, like `dvc import`, until
+    # `gptpipe init --update`; a rerun of init that finds other bytes says so.
     write_params(pre, {"train": {"max_iters": 40}})
     assert ran_with(pre, env)[-1] == "train"
-    assert ran_with(ft, env) == ["init", "train"]
+    assert ran_with(ft, env) == []
+    without_dvc_cache(ft, "models/init/model.pt")
+    stale = run(["dvc", "repro", "init"], ft, env=env_for(ft, **env), check=False)
+    assert stale.returncode != 0, stale.stdout
+    assert "pins model sha256" in stale.stderr and "gptpipe init --update" in stale.stderr
+    update = run(["gptpipe", "init", "--update"], ft, env=env_for(ft, **env), timeout=300)
+    assert "the start model changed" in update.stdout
+    assert ran_with(ft, env) == ["train"]
     assert run_id_of(ft) != ft_run
     assert client.get_run(run_id_of(ft)).data.tags["gptpipe.parent_run_id"] == run_id_of(pre)
+
+
+def without_dvc_cache(project: Path, *outs: str) -> None:
+    """`outs` as a clone sees them without a DVC remote: missing, and not in the cache."""
+    import yaml
+
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    md5 = {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage["outs"]}
+    for out in outs:
+        (project / out).unlink()
+        (project / ".dvc/cache/files/md5" / md5[out][:2] / md5[out][2:]).unlink()
 
 
 def ran_with(project: Path, env: dict) -> list[str]:
@@ -296,14 +316,22 @@ def test_finetune_from_a_run_uri_and_a_registry_alias_follows_the_alias(tmp_path
     tags = client.get_run(ft_run).data.tags
     assert tags["gptpipe.parent_run_id"] == v1_run
     assert tags["gptpipe.parent_model_version"] == "gptpipe/1"
-    assert ran_with(ft, env) == ["init"]  # the alias did not move: nothing reruns
+    assert ran_with(ft, env) == []  # nothing changed: nothing reruns
 
-    # A second pretraining registers version 2; moving the alias reruns train from it.
+    # A second pretraining registers version 2 and the alias moves to it: the pin holds
+    # (a clone without the cached bytes gets version 1 again) until `init --update`.
     write_params(pre, {"train": {"max_iters": 40}})
     ran_with(pre, env)
     v2_run = run_id_of(pre)
     client.set_registered_model_alias("gptpipe", "champion", "2")
-    assert ran_with(ft, env) == ["init", "train"]  # same tokenizer bytes: tokenize stays
+    assert ran_with(ft, env) == []
+    assert dvc_status(ft, env_for(ft, **env), args=("train",)) == {}
+    without_dvc_cache(ft, "models/init/model.pt", "models/init/tokenizer.json")
+    assert ran_with(ft, env) == ["init"]  # the pinned version 1: the same bytes
+    assert json.loads((ft / "models/init/source.json").read_text())["version"] == "1"
+    run(["gptpipe", "init", "--update"], ft, env=env_for(ft, **env), timeout=300)
+    assert json.loads((ft / "models/init/source.json").read_text())["version"] == "2"
+    assert ran_with(ft, env) == ["train"]  # same tokenizer bytes: tokenize stays
     tags = client.get_run(run_id_of(ft)).data.tags
     assert (tags["gptpipe.parent_run_id"], tags["gptpipe.parent_model_version"]) == (
         v2_run, "gptpipe/2")
@@ -324,3 +352,30 @@ def test_finetune_from_a_run_uri_and_a_registry_alias_follows_the_alias(tmp_path
     chain = out.split("trained from:\n", 1)[1].splitlines()
     assert f"fine-tuned from runs:/{v1_run}/model" in chain[0]
     assert chain[1].startswith(f"    run {v1_run} (") and chain[1].endswith(": scratch")
+
+
+@pytest.mark.slow
+def test_finetuning_from_the_champion_on_the_same_text_settles(tmp_path):
+    """models:/gptpipe@champion on the corpus it was trained on: the fine-tune becomes
+    champion, and then `dvc status` is clean and a second `dvc repro` runs nothing
+    (the init stage's pin does not follow the alias it moved)."""
+    from mlflow.tracking import MlflowClient
+
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    text = tiny_text(30_000)
+    pre = make_project(tmp_path / "pre", corpus=text, overrides={
+        "train": {"autocast": "off"}, "mlflow": {"log_model": True}})
+    run(["dvc", "repro"], pre, env=env_for(pre, **env))
+    assert str(client.get_model_version_by_alias("gptpipe", "champion").version) == "1"
+
+    ft = make_project(tmp_path / "ft", corpus=text, overrides={
+        "train": {"init_from": "models:/gptpipe@champion", "autocast": "off"},
+        "tokenizer": {"kind": "from_model"}, "mlflow": {"log_model": True}})
+    first = run(["dvc", "repro"], ft, env=env_for(ft, **env)).stdout
+    assert "Running stage 'train'" in first and "Running stage 'evaluate'" in first
+    assert str(client.get_model_version_by_alias("gptpipe", "champion").version) == "2"
+    assert dvc_status(ft, env_for(ft, **env), args=("train",)) == {}
+    again = run(["dvc", "repro"], ft, env=env_for(ft, **env)).stdout
+    assert "Running stage" not in again, again
+    assert str(client.get_model_version_by_alias("gptpipe", "champion").version) == "2"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (ROOT, TINY_PARAMS, make_project, merge, run, status_beyond_init,
+from conftest import (ROOT, TINY_PARAMS, make_project, merge, run, dvc_status,
                       tiny_text, write_params)
 from gptpipe.lineage import git_state
 
@@ -192,4 +192,4 @@ def test_a_fresh_clone_runs_clean_and_its_committed_lock_restores_the_run(tmp_pa
     recorded = commit_all(project, "my run")
     out = lineage(project, run_id)
     assert f"git checkout {recorded} && dvc checkout" in out and MATCHES in out
-    assert status_beyond_init(project) == {}  # only init, which is always changed
+    assert dvc_status(project) == {}

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import make_project, run, status_beyond_init, tiny_text, write_params
+from conftest import make_project, run, dvc_status, tiny_text, write_params
 
-# init resolves train.init_from and is always_changed: it runs on every repro, and
-# rewrites the same bytes, so nothing after it reruns because of it.
-INIT = ["init"]
-ALL = INIT + ["download", "clean", "tokenize", "split", "train", "evaluate", "sample"]
+ALL = ["init", "download", "clean", "tokenize", "split", "train", "evaluate", "sample"]
 
 
 def ran(project) -> list[str]:
@@ -29,24 +26,24 @@ def with_typographic_quotes(text: str) -> str:
 def test_each_change_reruns_exactly_the_stages_it_reaches(tmp_path):
     project = make_project(tmp_path / "proj", corpus=with_typographic_quotes(tiny_text()))
     assert ran(project) == ALL
-    assert ran(project) == INIT  # no change: nothing runs (but init)
+    assert ran(project) == []  # no change: nothing runs
 
     write_params(project, {"sample": {"temperature": 0.5}})
-    assert ran(project) == INIT + ["sample"]
+    assert ran(project) == ["sample"]
 
     write_params(project, {"evaluate": {"batch_size": 32}})
-    assert ran(project) == INIT + ["evaluate"]
+    assert ran(project) == ["evaluate"]
 
     corpus = (project / "data/clean/corpus.txt").read_bytes()
     write_params(project, {"clean": {"ascii_punctuation": True}})
-    assert ran(project) == INIT + ALL[2:]  # clean and everything after it
+    assert ran(project) == ALL[2:]  # clean and everything after it
     assert (project / "data/clean/corpus.txt").read_bytes() != corpus
     assert "\u2019" not in (project / "data/clean/corpus.txt").read_text(encoding="utf-8")
 
     source = project / "corpus" / "corpus.txt"  # where data.source points
     source.write_text(with_typographic_quotes(tiny_text(30_000)), encoding="utf-8")
-    assert ran(project) == ALL
-    assert ran(project) == INIT
+    assert ran(project) == ALL[1:]  # download and everything after it
+    assert ran(project) == []
 
 
 @pytest.mark.slow
@@ -68,15 +65,15 @@ def test_your_own_text_under_dvc_add(tmp_path):
     assert ran(project) == ALL
     raw = project / "data" / "raw" / "gibran.txt"
     assert raw.read_bytes() == text.read_bytes()
-    assert ran(project) == INIT
+    assert ran(project) == []
     write_params(project, {"sample": {"temperature": 0.5}})
-    assert ran(project) == INIT + ["sample"]
+    assert ran(project) == ["sample"]
 
     text.write_text(tiny_text(34_000), encoding="utf-8")  # the text changes
     run(["dvc", "add", "corpus/gibran.txt"], project)
     recorded = yaml.safe_load((project / "corpus" / "gibran.txt.dvc").read_text())
     assert recorded["outs"][0]["size"] == text.stat().st_size
-    assert ran(project) == ALL
+    assert ran(project) == ALL[1:]
     assert raw.read_bytes() == text.read_bytes()
-    assert ran(project) == INIT
-    assert status_beyond_init(project) == {}
+    assert ran(project) == []
+    assert dvc_status(project) == {}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, env_for, make_project, run, status_beyond_init, tiny_text
+from conftest import ROOT, env_for, make_project, run, dvc_status, tiny_text
 from servers import LOOPBACK, S3_KEYS, TeamServers
 
 SCRIPT = ROOT / "scripts" / "ci_retrain.sh"
@@ -154,7 +154,7 @@ def test_ci_retrains_pushes_and_a_teammate_pulls_the_same_model(team, tmp_path):
     mate_env = team_env(mate, team)
     run(["dvc", "pull"], mate, env=mate_env)
     assert (mate / "models/model.pt").read_bytes() == (ci / "models/model.pt").read_bytes()
-    assert status_beyond_init(mate, mate_env) == {}  # init: always_changed
+    assert dvc_status(mate, mate_env) == {}
     assert run_id_of(mate) == new_run
 
     # The run on the server: the commit CI trained, finished, with its metrics.

@@ -4,6 +4,7 @@
     gptpipe sample --model models:/gptpipe@champion    ... or from a registered one
     gptpipe lineage RUN_ID               how to get back the code and data of a run
     gptpipe runs --sort val.bits_per_char  compare the MLflow runs as a table
+    gptpipe init --update                re-resolve train.init_from (a moved alias)
 """
 from __future__ import annotations
 
@@ -141,6 +142,35 @@ def _runs(args: argparse.Namespace) -> None:
         print(runs_table.to_text(table))
 
 
+def _init(args: argparse.Namespace) -> None:
+    """`dvc update` for train.init_from: drop the pin in source.json and rerun the
+    init stage alone, which then resolves the alias (or re-reads the file) as it is
+    now. The stages after it rerun on the next `dvc repro` only if the bytes moved."""
+    import subprocess
+
+    from .init_source import SOURCE, read_source_or_none
+
+    if not args.update:
+        raise UserError("init: nothing to do without --update (the init stage itself "
+                        "runs under `dvc repro`)")
+    before = read_source_or_none()
+    SOURCE.unlink(missing_ok=True)
+    result = subprocess.run(["dvc", "repro", "--single-item", "--force", "init"])
+    if result.returncode != 0:
+        if before is not None and not SOURCE.exists():  # nothing earlier lost
+            from .files import write_json
+
+            write_json(SOURCE, before)
+        raise UserError(f"init --update: `dvc repro --single-item --force init` failed "
+                        f"(exit {result.returncode}); {SOURCE} is as it was")
+    after = read_source_or_none() or {}
+    if before and before.get("model_sha256") == after.get("model_sha256"):
+        print(f"init: {after.get('init_from')} still resolves to the same model: "
+              "nothing after init will rerun")
+    else:
+        print("init: the start model changed: `dvc repro` fine-tunes from it")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="gptpipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -191,6 +221,14 @@ def main(argv: list[str] | None = None) -> None:
     output.add_argument("--csv", action="store_true", help="CSV (full precision, run ids)")
     output.add_argument("--markdown", action="store_true", help="a markdown table")
     runs.set_defaults(func=_runs)
+    init = commands.add_parser(
+        "init", help="re-resolve train.init_from (an alias that moved, a rewritten file)",
+        description="The init stage pins what train.init_from resolved to in "
+                    "models/init/source.json, as `dvc import` does; --update resolves it "
+                    "again (runs `dvc repro --single-item --force init`).")
+    init.add_argument("--update", action="store_true",
+                      help="drop the pin and resolve train.init_from as it is now")
+    init.set_defaults(func=_init)
     args = parser.parse_args(argv)
     if args.debug:
         os.environ["GPTPIPE_DEBUG"] = "1"

@@ -2,12 +2,16 @@
 init stage).
 
 The init stage turns the param into the files init_source.py names, which the
-rest of the pipeline depends on, so DVC reruns tokenize and train when, and only
-when, those bytes change (a moved alias, a new file), not when the same model is
-resolved again. `scratch` writes placeholder model.pt and tokenizer.json files and a
-source.json that says so: the graph stays one graph and a scratch pipeline never
-reruns for it. Every source goes through registry.model_files, the one resolver
-of model references (a path, a downloaded MLflow model folder, `runs:/...`,
+rest of the pipeline depends on. Like `dvc import`, the resolution is pinned:
+source.json (kept in git) records the version an alias pointed to and the
+sha256 of the bytes, and a later run of the stage (a fresh clone without the
+cached files, a forced repro) fetches that pinned version again, not where the
+alias points now. Only `gptpipe init --update` (which drops the pin) resolves
+afresh, so evaluate moving `champion` never makes the pipeline fine-tune again.
+`scratch` writes placeholder model.pt and tokenizer.json files and a source.json
+that says so: the graph stays one graph and a scratch pipeline never reruns for
+it. Every source goes through registry.model_files, the one resolver of model
+references (a path, a downloaded MLflow model folder, `runs:/...`,
 `models:/...`); an alias is pinned to its version first. A plain model file's
 tokenizer is looked up here. Torch (checkpoints' weights_only loader, to refuse
 anything but a gptpipe model) and MLflow (URIs) are never imported for scratch.
@@ -21,7 +25,8 @@ from typing import Iterator
 
 from .errors import UserError
 from .files import sha256_bytes, sha256_file, write_bytes, write_json
-from .init_source import MODEL, PLACEHOLDER, SCRATCH, SOURCE, TOKENIZER, is_uri
+from .init_source import (MODEL, PLACEHOLDER, SCRATCH, SOURCE, TOKENIZER, is_uri,
+                          read_source_or_none)
 
 TRAINED_MODEL = "models/model.pt"  # the train stage's output
 
@@ -77,16 +82,23 @@ def describe(model_file: Path, init_from: str) -> dict:
     return {"model_config": config, "tokenizer": ref}
 
 
+def pinned_uri(init_from: str, pin: dict) -> str:
+    """What to fetch for a pinned resolution: the version an alias named then."""
+    if init_from.startswith("models:/") and pin.get("model_name") and pin.get("version"):
+        return f"models:/{pin['model_name']}/{pin['version']}"
+    return init_from
+
+
 @contextlib.contextmanager
-def opened(init_from: str) -> Iterator[Resolved]:
+def opened(init_from: str, pin: dict | None = None) -> Iterator[Resolved]:
     """The source's files on disk for the `with` block, through the registry's one
     resolver of model references (a URI is downloaded to a temp dir that lives that
-    long; an alias is first pinned to the version it names now)."""
+    long; an alias is first pinned to the version it names now, or to `pin`'s)."""
     from . import registry
 
     try:
         if is_uri(init_from):
-            pinned = registry.pin(init_from)
+            pinned = registry.pin(pinned_uri(init_from, pin or {}))
             with registry.model_files(pinned["uri"]) as (weights, tokenizer):
                 yield Resolved(init_from, weights, tokenizer, pinned["run_id"],
                                pinned["model_name"], pinned["version"])
@@ -101,8 +113,18 @@ def opened(init_from: str) -> Iterator[Resolved]:
                         else f"train.init_from: {message}") from None
 
 
-def materialise(init_from: str) -> dict:
-    """Write models/init/ for `init_from`; return what source.json holds."""
+def read_pin(init_from: str) -> dict | None:
+    """source.json's resolution when it is one of this very `init_from` (a fresh clone
+    has it from git; the stage keeps it, `persist` in dvc.yaml), else None."""
+    pin = read_source_or_none()
+    if not pin or pin.get("init_from") != init_from.strip() or not pin.get("model_sha256"):
+        return None
+    return pin
+
+
+def materialise(init_from: str, pin: dict | None = None) -> dict:
+    """Write models/init/ for `init_from` (the bytes `pin` names, when given);
+    return what source.json holds."""
     init_from = init_from.strip()
     if init_from == SCRATCH:
         source = {"init_from": SCRATCH}
@@ -110,10 +132,15 @@ def materialise(init_from: str) -> dict:
         write_bytes(TOKENIZER, PLACEHOLDER)
         write_json(SOURCE, source)
         return source
-    with opened(init_from) as found:
+    with opened(init_from, pin) as found:
         header = describe(found.model_file, init_from)
         model_bytes = found.model_file.read_bytes()
         tokenizer_bytes = found.tokenizer_file.read_bytes()
+    if pin and sha256_bytes(model_bytes) != pin["model_sha256"]:
+        raise UserError(f"train.init_from: {init_from}: {SOURCE} pins model sha256 "
+                        f"{pin['model_sha256'][:12]}, but it now holds "
+                        f"{sha256_bytes(model_bytes)[:12]}; `gptpipe init --update` takes "
+                        "the new model")
     if sha256_bytes(tokenizer_bytes) != header["tokenizer"].get("sha256"):
         raise UserError(f"train.init_from: {init_from}: its tokenizer.json is not the one "
                         "the model was trained with (sha256 differs)")

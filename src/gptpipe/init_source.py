@@ -32,6 +32,14 @@ def is_uri(init_from: str) -> bool:
     return init_from.startswith(URI_PREFIXES)
 
 
+def read_source_or_none() -> dict | None:
+    """source.json as it is, or None when absent or unreadable."""
+    try:
+        return read_json(SOURCE) if SOURCE.is_file() else None
+    except UserError:  # not JSON: resolved afresh, as if absent
+        return None
+
+
 def read_source(init_from: str) -> dict:
     """source.json as the init stage wrote it for this very `init_from`."""
     if not SOURCE.is_file():
