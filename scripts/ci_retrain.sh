@@ -215,7 +215,7 @@ if ((commit)) && ((has_remote)); then
 elif ((has_remote)); then
   push_note="- Outputs not pushed to $remote_desc (no --commit)"
 else
-  push_note="- **Warning: no DVC remote is configured.** The outputs are only in this job's cache: a teammate's \`dvc pull\` of this dvc.lock finds nothing (\`dvc remote add -d storage s3://...\`; see the README's team set-up)"
+  push_note="- **Warning: no DVC remote is configured.** The outputs are only in this job's cache: a teammate's \`dvc pull\` of this dvc.lock finds nothing (\`dvc remote add -d storage s3://...\`; see docs/team.md)"
   warn "no DVC remote is configured: the outputs of this dvc.lock cannot be pulled by anyone"
 fi
 

@@ -30,7 +30,7 @@ SCREENSHOT_MAX_BYTES = 300_000
 
 
 def _save_screenshot(driver, tmp_path: Path, name: str) -> None:
-    """Keep the page as docs/<name> (the README shows it), under the size cap."""
+    """Keep the page as docs/<name> (README.md and docs/mlflow.md show it), under the size cap."""
     png = driver.get_screenshot_as_png()
     (tmp_path / name).write_bytes(png)
     assert len(png) < SCREENSHOT_MAX_BYTES, f"screenshot {name}: {len(png)} bytes"

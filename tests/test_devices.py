@@ -1,8 +1,8 @@
-"""Device, autocast and determinism choices (README "GPU"), and gradient clipping,
-at the library level on a tiny model with real torch. These test the choice logic as
-it is today: `train.device: auto` picks cuda, then mps, then cpu; `train.autocast:
-auto` picks bf16 on CUDA GPUs that support it and on CPUs with bf16 instructions where
-a matmul probe finds it fast, fp32 elsewhere (the decision itself: test_autocast_choice.py)."""
+"""Device, autocast and determinism choices (docs/params.md, "torchrun and GPUs"), and
+gradient clipping, at the library level on a tiny model with real torch:
+`train.device: auto` picks cuda, then mps, then cpu; `train.autocast: auto` picks bf16
+on CUDA GPUs that support it and on CPUs with bf16 instructions where a matmul probe
+finds it fast, fp32 elsewhere (the decision itself: test_autocast_choice.py)."""
 from __future__ import annotations
 
 import json

@@ -155,7 +155,7 @@ def git_tags(project: Path, run_id: str) -> dict[str, str]:
 @pytest.mark.slow
 def test_a_fresh_clone_runs_clean_and_its_committed_lock_restores_the_run(tmp_path):
     project = clone_of_the_repo(tmp_path / "clone")
-    assert not (project / "dvc.lock").exists(), "the repo ships no dvc.lock (README says why)"
+    assert not (project / "dvc.lock").exists(), "the repo ships no dvc.lock (docs/reproducibility.md says why)"
     # A person's own config (tiny, on a corpus file), committed before the run.
     (project / "corpus" / "corpus.txt").write_text(tiny_text(20_000), encoding="utf-8")
     write_params(project, merge(TINY_PARAMS, {

@@ -100,7 +100,7 @@ def test_server_process_tree_is_gone_after_stop(tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_on_a_shared_server_with_basic_auth(request, tmp_path):
-    """README "A shared MLflow server": `mlflow server --app-name basic-auth`, each user
+    """docs/team.md, "A shared MLflow server": `mlflow server --app-name basic-auth`, each user
     with MLFLOW_TRACKING_USERNAME/PASSWORD. The run lands on the server under that
     user; a request without credentials is refused; the password lands nowhere."""
     require_module("flask_wtf", "`pip install -e '.[dev]'` (make test; the dev extra "

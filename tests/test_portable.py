@@ -1,5 +1,5 @@
 """Nothing tracked names a path of one machine: no tracked file holds an absolute
-home or work path, the README cites no file outside the repo, the benchmark
+home or work path, the README and docs/ cite no file outside the repo, the benchmark
 presets name the lecture's corpus by URL and sha256, and the tests' tiny corpus
 has the same form whether ../shared is there or not."""
 from __future__ import annotations
@@ -63,10 +63,13 @@ def test_no_tracked_file_names_a_machines_absolute_path():
     assert not offenders, "absolute paths of a machine in tracked files:\n" + "\n".join(offenders)
 
 
-def test_the_readme_cites_no_file_outside_the_repo():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    outside = re.findall(r"[^\s`(]*\.\./[^\s`)]*", readme)
-    assert not outside, f"README.md points outside the repo: {outside}"
+def test_the_docs_cite_no_file_outside_the_repo():
+    outside = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for hit in re.findall(r"[^\s`(]*\.\./[^\s`)#]*", page.read_text(encoding="utf-8")):
+            if not (page.parent / hit).resolve().is_relative_to(ROOT):
+                outside.append(f"{page.relative_to(ROOT)}: {hit}")
+    assert not outside, f"the docs point outside the repo: {outside}"
 
 
 @pytest.mark.parametrize("preset", ["tinyshakespeare.yaml", "nanogpt_baby.yaml"])

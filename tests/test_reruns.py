@@ -48,7 +48,7 @@ def test_each_change_reruns_exactly_the_stages_it_reaches(tmp_path):
 
 @pytest.mark.slow
 def test_your_own_text_under_dvc_add(tmp_path):
-    """README "Your own text": `dvc add corpus/gibran.txt`, commit the .dvc file, point
+    """docs/your-text.md, "Keep your corpus under DVC": `dvc add corpus/gibran.txt`, commit the .dvc file, point
     data.source at it. A text change reruns every stage from download on; a sample.*
     change reruns only sample; no change runs nothing."""
     import yaml
