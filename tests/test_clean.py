@@ -145,7 +145,8 @@ def test_ascii_punctuation_folding():
 
 
 def test_control_chars_dropped_tabs_kept():
-    assert clean("bell\x07 esc\x1b[0m\tform\x0cfeed\x85\n") == "bell esc[0m\tformfeed\n"
+    # a lone ESC (no sequence after it) is a control character like the others
+    assert clean("bell\x07 esc\x1b\tform\x0cfeed\x85 [0m\x1b[\n") == "bell esc\tformfeed [0m[\n"
     # Dropping a control char between a letter and its accent still gives NFC.
     assert clean("e\x01\u0301\n") == "\u00e9\n"
 
@@ -258,9 +259,13 @@ def test_stage_auto_decodes_koi8r_cp1251_and_utf16(proj, tmp_path):
     assert detected["koi8.txt"]["encoding"] == "koi8_r"
     assert detected["cp1251.txt"]["encoding"] == "cp1251"
     assert detected["koi8.txt"]["by"] == "detector" and 0.5 < detected["koi8.txt"]["confidence"] <= 1
-    assert detected["utf16le.txt"] == {"path": "utf16le.txt", "encoding": "utf-16",
-                                       "by": "bom", "confidence": 1.0}
-    assert report["encodings"] == {"cp1251": 1, "koi8_r": 1, "utf-16": 2, "utf-8": 2}
+    assert detected["utf16le.txt"] == {"path": "utf16le.txt", "encoding": "utf-16-le",
+                                       "by": "bom", "bom": "UTF-16 LE", "confidence": 1.0}
+    assert detected["koi8.txt"]["bom"] is None
+    assert report["encodings"] == {"cp1251": 1, "koi8_r": 1, "utf-16-be": 1, "utf-16-le": 1,
+                                   "utf-8": 2}
+    assert report["boms"] == {"UTF-16 BE": 1, "UTF-16 LE": 1}
+    assert report["removed"]["bom"] == 2
     assert report["replaced_chars"] == 0
     assert "lowest detector confidence" in result.stdout
 
