@@ -134,7 +134,7 @@ def wide_codec(raw: bytes) -> str | None:
     spaces, digits and punctuation do so in any script; UTF-32 LE has two NULs at
     offsets 2 and 3 of each four bytes (BE: 0 and 1)."""
     sample = raw[:_SNIFF_BYTES]
-    if sample.count(0) < 2:
+    if not 2 <= sample.count(0) < len(sample):  # none, a stray one, or nothing else
         return None
     if len(sample) % 4 == 0:
         at = [sample[k::4].count(0) for k in range(4)]
