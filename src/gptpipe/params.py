@@ -40,7 +40,7 @@ class DataParams:
 
 @dataclass(frozen=True)
 class CleanParams:
-    encoding: str = "utf-8"          # utf-8 (a BOM wins) | auto (BOM, then a detector) | any codec
+    encoding: str = "utf-8"          # utf-8 | auto (BOM, then a detector) | any Python codec
     on_invalid_utf8: Literal["error", "replace"] = "error"  # replace: bad bytes -> U+FFFD
     max_replaced_fraction: float = 0.001  # replace: fail when more of a file is U+FFFD
     ascii_punctuation: bool = False  # fold typographic quotes and dashes to ASCII
