@@ -22,11 +22,20 @@ def main() -> None:
         max_replaced_fraction=p.max_replaced_fraction, sources=sources)
     write_text(CORPUS, corpus)
     write_json(REPORT, report.as_dict())
-    if report.detected:  # clean.encoding: auto; per file in the report
-        lowest = min(entry["confidence"] for entry in report.detected)
-        print("clean: decoded as " + ", ".join(f"{codec} ({n})" for codec, n in
+    if report.detected:  # a BOM, or clean.encoding: auto; per file in the report
+        line = "clean: decoded as " + ", ".join(f"{codec} ({n})" for codec, n in
                                                sorted(report.encodings.items()))
-              + f"; lowest detector confidence {lowest:.2f} (see {REPORT})")
+        if report.boms:
+            line += "; byte order marks: " + ", ".join(f"{bom} ({n})" for bom, n in
+                                                      sorted(report.boms.items()))
+        guessed = [e["confidence"] for e in report.detected if e["by"] == "detector"]
+        if guessed:
+            line += f"; lowest detector confidence {min(guessed):.2f}"
+        print(f"{line} (see {REPORT})")
+    if report.removed["escape_sequences"]:
+        n = report.removed["escape_sequences"]
+        print(f"clean: removed {n:,} terminal escape sequence{'' if n == 1 else 's'} "
+              "(colours, cursor moves)")
     if report.replaced_chars:
         n = report.replaced_chars
         print(f"clean: warning: {n:,} undecodable byte sequence{'' if n == 1 else 's'} "
