@@ -34,7 +34,7 @@ def configure_optimizer(model: nn.Module, tp: TrainParams, device: torch.device,
         # there, and the orthogonalised update needs no more precision than bf16 gives.
         ns_bf16 = amp_dtype == torch.bfloat16
         # Decay per unit of Muon's lr, so these weights shrink by train.lr's
-        # lr * weight_decay a step, as AdamW's do (not by muon_lr's, 20x more).
+        # lr * weight_decay a step, as AdamW's do (not muon_lr's: 20x more by default).
         decay = tp.weight_decay * tp.lr / tp.muon_lr
         optimizer = OptimizerChain([adamw, Muon(muon, lr=tp.muon_lr, weight_decay=decay,
                                                 ns_bf16=ns_bf16)])
