@@ -204,11 +204,11 @@ class Case:
 
 # A learning rate that warms up into divergence: finite losses for a few steps,
 # then NaN, so a checkpoint (every 3 steps) exists before the bad step. params.py
-# refuses such an lr (train.lr is at most MAX_LR), so the NaN guard behind it is
-# reached by running the real train stage with that one bound lifted.
+# refuses such an lr (train.lr is in params.LR_RANGE, at most MAX_LR), so the NaN
+# guard behind it is reached by running the real train stage with that one bound lifted.
 DIVERGE = {"train": {"lr": 1000.0, "min_lr": 0.0, "warmup_iters": 20, "grad_clip": 0.0,
                      "checkpoint_interval": 3}}
-TRAIN_WITHOUT_LR_BOUND = ["python", "-c", "import runpy, gptpipe.params as p; p.MAX_LR = 1e6; "
+TRAIN_WITHOUT_LR_BOUND = ["python", "-c", "import runpy, gptpipe.params as p; p.LR_RANGE.hi = 1e6; "
                           "runpy.run_path('stages/train.py', run_name='__main__')"]
 # A model whose checkpoint (~5 MB: weights and two Adam moments) does not fit on the
 # 1 MB filesystem mounted on .gptpipe/ (mlflow.db and models/ stay on the real disk).

@@ -103,7 +103,8 @@ def test_bad_sources_fail_with_one_line_and_write_nothing(proj, tmp_path):
              ("models/model.pt", "this pipeline's own train output"),
              (str(tmp_path), "a folder, not a model file"),
              (str(not_a_model), "refused"),
-             (str(checkpoint), "not a gptpipe model file (format 'gptpipe.checkpoint/1')"),
+             (str(checkpoint),
+              f"not a gptpipe model file (format '{checkpoints.CHECKPOINT_FORMAT}')"),
              (str(lonely), "its tokenizer (sha256")]
     for init_from, why in cases:
         line = one_error_line(init(proj, init_from), "init", f"train.init_from: {init_from}",

@@ -104,11 +104,18 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
                        if p.dim() == 2 and n.startswith("blocks.")}
     assert in_adamw == set(names.values()) - in_muon
     assert "wte.weight" in in_adamw and "lm_head.weight" in in_adamw
-    # the schedule sets every group's lr; Muon steps at lr * muon_lr / lr
-    trainer.train_step()
-    assert all(g["lr"] == trainer.optimizer.param_groups[0]["lr"]
-               for g in trainer.optimizer.param_groups)
-    assert muon.param_groups[0]["lr_ratio"] == pytest.approx(0.02 / 6e-3)
+    # each group's peak lr is its own; the schedule scales them all by one multiplier
+    assert [g["initial_lr"] for g in adamw.param_groups] == [6e-3, 6e-3]
+    assert [g["initial_lr"] for g in muon.param_groups] == [0.02]
+    for _ in range(3):
+        trainer.train_step()
+        lrm = adamw.param_groups[0]["lr"] / 6e-3
+        assert lrm < 1  # in warmup
+        assert all(g["lr"] == pytest.approx(g["initial_lr"] * lrm, rel=1e-12)
+                   for g in trainer.optimizer.param_groups)
+    # Muon's weights shrink by train.lr * weight_decay a step, as AdamW's do
+    assert muon.param_groups[0]["lr"] * muon.param_groups[0]["weight_decay"] == \
+        pytest.approx(adamw.param_groups[0]["lr"] * 0.1, rel=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["modern", "gpt"])
@@ -187,7 +194,7 @@ def test_muon_in_bf16_takes_the_same_steps_as_in_fp32_to_bf16_precision():
     moved = {}
     for bf16 in (False, True):
         ps = [torch.nn.Parameter(w.clone()) for w in weights]
-        opt = Muon(ps, lr=0.01, lr_ratio=1.0, weight_decay=0.1, ns_bf16=bf16)
+        opt = Muon(ps, lr=0.01, weight_decay=0.1, ns_bf16=bf16)
         for p, g in zip(ps, grads):
             p.grad = g.clone()
         opt.step()

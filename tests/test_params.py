@@ -65,6 +65,55 @@ def choice_keys() -> dict[str, tuple[str, ...]]:
             for name, kind in get_type_hints(cls).items() if params.choices(kind) is not None}
 
 
+_NUMBER = r"([-+]?[\d.]+(?:e[-+]?\d+)?)"
+_RANGES = [  # how params.yaml's comments state a range -> (lo, hi, lo_open, hi_open)
+    (rf"strictly between {_NUMBER} and {_NUMBER}\b", lambda a, b: (a, b, True, True)),
+    (rf"(?<!strictly )between {_NUMBER} and {_NUMBER}\b", lambda a, b: (a, b, False, False)),
+    (rf"in \({_NUMBER}, {_NUMBER}\]", lambda a, b: (a, b, True, False)),
+    (rf"in \[{_NUMBER}, {_NUMBER}\)", lambda a, b: (a, b, False, True)),
+    (rf"in \[{_NUMBER}, {_NUMBER}\]", lambda a, b: (a, b, False, False)),
+    (rf"in \({_NUMBER}, {_NUMBER}\)", lambda a, b: (a, b, True, True)),
+    (rf"(?<![\w.]){_NUMBER}\.\.{_NUMBER}\b", lambda a, b: (a, b, False, False)),
+    (rf"up to {_NUMBER}\b", lambda b: (None, b, False, False)),  # lo: not stated
+]
+
+
+def comment_range(comment: str) -> tuple | None:
+    """The numeric range a params.yaml comment states, (lo, hi, lo_open, hi_open);
+    None when it states none (`between 0 and lr` is a rule across keys)."""
+    for pattern, build in _RANGES:
+        if match := re.search(pattern, comment):
+            return build(*(float(n) for n in match.groups()))
+    return None
+
+
+def field_rules() -> dict[str, object]:
+    """`section.key -> the rule in its field's metadata` (a params.Range or Rule)."""
+    return {f"{s.name}.{f.name}": params.rule_of(f) for s in dataclasses.fields(params.Params)
+            for f in dataclasses.fields(getattr(params.Params(), s.name))
+            if params.rule_of(f) is not None}
+
+
+def range_problems(comments: dict[str, str]) -> list[str]:
+    """Where a params.yaml comment states a range other than its field's Range."""
+    problems, rules = [], field_rules()
+    for key, comment in comments.items():
+        stated = comment_range(comment)
+        if stated is None:
+            continue
+        rule = rules.get(key)
+        if not isinstance(rule, params.Range):
+            problems.append(f"{key}: the params.yaml comment states a range, params.py "
+                            f"has none: {comment!r}")
+            continue
+        lo, hi, lo_open, hi_open = stated
+        if (hi, hi_open) != (rule.hi, rule.hi_open) or (
+                lo is not None and (lo, lo_open) != (rule.lo, rule.lo_open)):
+            problems.append(f"{key}: the params.yaml comment states another range than "
+                            f"params.py's ({rule.describe()}): {comment!r}")
+    return problems
+
+
 def params_yaml_problems(text: str) -> list[str]:
     """What differs between a params.yaml and the dataclasses in params.py."""
     raw = yaml.safe_load(text)
@@ -86,7 +135,7 @@ def params_yaml_problems(text: str) -> list[str]:
         if missing:
             problems.append(f"{key}: the params.yaml comment does not list "
                             f"{', '.join(missing)} (choices: {' | '.join(allowed)})")
-    return problems
+    return problems + range_problems(comments)
 
 
 def test_params_yaml_matches_the_dataclasses():
@@ -113,6 +162,36 @@ def test_every_choice_key_is_a_literal_the_check_uses():
             params.from_dict({section: {name: 3}})
 
 
+def test_the_ranges_params_yaml_states_are_read_and_each_is_its_fields():
+    comments = inline_comments((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    stated = {key for key, comment in comments.items() if comment_range(comment)}
+    assert stated == {"data.timeout_s", "data.retries", "clean.max_replaced_fraction",
+                      "split.train_fraction", "split.max_val_overlap", "model.dropout",
+                      "train.lr", "train.weight_decay", "train.beta1", "train.beta2",
+                      "train.grad_clip", "train.threads", "sample.temperature",
+                      "sample.top_p"}
+    assert not range_problems(comments)
+    assert comment_range("in (0, 1]; 1.0 = off") == (0, 1, True, False)
+    assert comment_range("between 0 and lr") is None
+
+
+def test_every_single_key_rule_is_beside_its_field_and_its_default_follows_it():
+    rules = field_rules()
+    assert isinstance(rules["train.lr"], params.Range)
+    assert rules["train.lr"] is rules["train.muon_lr"] is params.LR_RANGE
+    assert "train.min_lr" not in rules  # between 0 and train.lr: a rule across keys
+    defaults = fields_of(params.Params())
+    for key, rule in rules.items():
+        assert defaults[key] is None or rule.error(defaults[key]) is None, key
+    assert params.Range(1).describe() == ">= 1"
+    assert params.Range(0, lo_open=True).describe() == "> 0"
+    assert params.Range(0, 10).describe() == "between 0 and 10"
+    assert params.Range(0, 3600, lo_open=True).describe() == "in (0, 3600]"
+    assert params.Range(0, 1, hi_open=True).describe() == "in [0, 1)"
+    assert params.Range(0, 1, lo_open=True, hi_open=True).describe() == \
+        "strictly between 0 and 1"
+
+
 def _edit(text: str, old: str, new: str) -> str:
     assert old in text, old
     return text.replace(old, new, 1)
@@ -129,6 +208,14 @@ def _edit(text: str, old: str, new: str) -> str:
      "model.kind: the params.yaml comment does not list modern"),
     ("  optimizer: adamw      # adamw | muon", "  optimizer: adamw      # adamw",
      "train.optimizer: the params.yaml comment does not list muon"),
+    ("lr: 1.0e-3            # in (0, 1]", "lr: 1.0e-3            # in (0, 1)",
+     "train.lr: the params.yaml comment states another range than params.py's (in (0, 1])"),
+    ("backoff: 0..10", "backoff: 0..5",
+     "data.retries: the params.yaml comment states another range than params.py's"),
+    ("  seed: 1337\n", "  seed: 1337  # between 0 and 100\n",
+     "train.seed: the params.yaml comment states another range than params.py's"),
+    ("# optional: the expected sha256", "# 0..64: the expected sha256",
+     "data.sha256: the params.yaml comment states a range, params.py has none"),
 ])
 def test_a_drifted_params_yaml_is_caught(old, new, problem):
     text = _edit((ROOT / "params.yaml").read_text(encoding="utf-8"), old, new)

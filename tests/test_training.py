@@ -14,7 +14,7 @@ from gptpipe import checkpoints
 from gptpipe.errors import UserError
 from gptpipe.model import ModelConfig, build
 from gptpipe.params import TrainParams
-from gptpipe.schedule import lr_at
+from gptpipe.schedule import lr_multiplier
 from gptpipe.tokenizers import CharTokenizer
 from gptpipe.training import NonFiniteLoss, Trainer
 
@@ -128,37 +128,62 @@ def test_resume_from_a_checkpoint_file_is_bit_exact(tmp_path: Path):
     for i in sa:
         for key in ("exp_avg", "exp_avg_sq"):
             assert torch.equal(sa[i][key], sb[i][key])
-    assert [l for _, _, l in straight.batch_losses[k:]] == [l for _, _, l in resumed.batch_losses]
+    # the same losses, and the same lr at each step (read from the optimizer)
+    assert straight.batch_losses[k:] == resumed.batch_losses
+
+
+def test_a_checkpoint_of_an_older_format_is_refused_naming_its_folder(tmp_path: Path):
+    from gptpipe.train_run import TrainRun
+
+    trainer = make_trainer(make_model(), max_iters=4)
+    path = tmp_path / "ckpt" / "checkpoint.pt"
+    checkpoints.save(path, {"format": "gptpipe.checkpoint/1", "identity": {},
+                            "trainer": trainer.state_dict()})
+    run = TrainRun(trainer, trainer.model.cfg, {}, path, autocast=None)
+    with pytest.raises(UserError, match=r"older gptpipe \(gptpipe.checkpoint/1\), refused: "
+                                        r"delete .*ckpt to train from step 0"):
+        run.resume()
+    assert trainer.step == 0
 
 
 # -- learning-rate schedule ------------------------------------------------------------
 
 def test_warmup_rises_linearly_then_cosine_reaches_min_lr():
     lr, min_lr, warmup, max_iters = 1e-3, 1e-4, 10, 110
-    warm = [lr_at(s, lr, min_lr, warmup, max_iters) for s in range(warmup + 1)]
+
+    def lr_at(step):
+        return lr * lr_multiplier(step, lr, min_lr, warmup, max_iters)
+
+    warm = [lr_at(s) for s in range(warmup + 1)]
     steps = np.diff(warm)
     assert np.all(steps > 0)
     assert np.allclose(steps, steps[0])            # linear
     assert warm[0] > 0                              # the first step does learn
     assert warm[warmup] == pytest.approx(lr)        # peak right after warmup
-    decay = [lr_at(s, lr, min_lr, warmup, max_iters) for s in range(warmup, max_iters + 1)]
+    decay = [lr_at(s) for s in range(warmup, max_iters + 1)]
     assert np.all(np.diff(decay) <= 0)              # never rises after warmup
-    assert lr_at(warmup + (max_iters - warmup) // 2, lr, min_lr, warmup, max_iters) == \
+    assert lr_at(warmup + (max_iters - warmup) // 2) == \
         pytest.approx((lr + min_lr) / 2)            # cosine: halfway at mid-decay
-    assert lr_at(max_iters, lr, min_lr, warmup, max_iters) == pytest.approx(min_lr)
-    assert lr_at(max_iters + 50, lr, min_lr, warmup, max_iters) == min_lr
+    assert lr_at(max_iters) == pytest.approx(min_lr)
+    assert lr_at(max_iters + 50) == pytest.approx(min_lr)
+    assert lr_multiplier(max_iters + 50, lr, min_lr, warmup, max_iters) == min_lr / lr
 
 
 def test_trainer_applies_the_schedule_to_the_optimizer():
     trainer = make_trainer(make_model("bigram"), lr=1e-2, min_lr=1e-3, warmup_iters=3,
-                           max_iters=12)
+                           max_iters=12, eval_interval=4)
+    assert all(g["initial_lr"] == 1e-2 for g in trainer.optimizer.param_groups)
     seen = []
-    while trainer.step < 12:
-        trainer.train_step()
-        seen.append(trainer.optimizer.param_groups[0]["lr"])
-    want = [lr_at(s, 1e-2, 1e-3, 3, 12) for s in range(12)]
-    assert seen == want
+    trainer.run(on_eval=lambda row: seen.append(("eval", row.step, row.lr)),
+                progress=lambda step, loss, rate: seen.append(
+                    ("step", step, trainer.optimizer.param_groups[0]["lr"])))
+    want = [1e-2 * lr_multiplier(s, 1e-2, 1e-3, 3, 12) for s in range(12)]
+    assert [lr for kind, _, lr in seen if kind == "step"] == want
     assert [lr for _, lr, _ in trainer.batch_losses] == want
+    # each eval row reports the lr of the step just taken (step 0's before any)
+    assert [(step, lr) for kind, step, lr in seen if kind == "eval"] == \
+        [(0, want[0]), (4, want[3]), (8, want[7]), (12, want[11])]
+    assert all(g["initial_lr"] == 1e-2 for g in trainer.optimizer.param_groups)
 
 
 # -- weight decay --------------------------------------------------------------------

@@ -17,7 +17,9 @@ from .errors import UserError
 from .files import atomic_path
 
 MODEL_FORMAT = "gptpipe.model/1"
-CHECKPOINT_FORMAT = "gptpipe.checkpoint/1"
+# /2: each optimizer param group keeps its peak lr (initial_lr), which the
+# schedule scales; /1 checkpoints lack it (and Muon's decay was another scale)
+CHECKPOINT_FORMAT = "gptpipe.checkpoint/2"
 
 
 def identity_key(identity: dict) -> str:

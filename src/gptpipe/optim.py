@@ -12,9 +12,10 @@ def configure_optimizer(model: nn.Module, tp: TrainParams, device: torch.device,
                         amp_dtype: torch.dtype | None = None):
     """AdamW; weight decay on 2-D weights (matmuls, embeddings) only.
 
-    train.optimizer muon: the blocks' 2-D weights go to Muon (at train.muon_lr,
-    following the same warmup and decay as train.lr); embeddings, the head and
-    1-D params stay with AdamW."""
+    train.optimizer muon: the blocks' 2-D weights go to Muon (at train.muon_lr);
+    embeddings, the head and 1-D params stay with AdamW (at train.lr). Each param
+    group keeps its peak lr as `initial_lr`; the trainer sets `lr` to it times the
+    schedule's multiplier every step, so both follow the same warmup and decay."""
     muon = []
     if tp.optimizer == "muon":
         muon = [p for name, p in model.named_parameters()
@@ -27,13 +28,19 @@ def configure_optimizer(model: nn.Module, tp: TrainParams, device: torch.device,
               {"params": no_decay, "weight_decay": 0.0}]
     adamw = torch.optim.AdamW(groups, lr=tp.lr, betas=(tp.beta1, tp.beta2),
                               fused=device.type in ("cuda", "cpu"))
-    if not muon:
-        return adamw
-    # Newton-Schulz in bf16 when training is (amp_dtype, the trainer's autocast): fast
-    # there, and the orthogonalised update needs no more precision than bf16 gives.
-    ns_bf16 = amp_dtype == torch.bfloat16
-    return OptimizerChain([adamw, Muon(muon, lr=tp.lr, lr_ratio=tp.muon_lr / tp.lr,
-                                       weight_decay=tp.weight_decay, ns_bf16=ns_bf16)])
+    optimizer = adamw
+    if muon:
+        # Newton-Schulz in bf16 when training is (amp_dtype, the trainer's autocast): fast
+        # there, and the orthogonalised update needs no more precision than bf16 gives.
+        ns_bf16 = amp_dtype == torch.bfloat16
+        # Decay per unit of Muon's lr, so these weights shrink by train.lr's
+        # lr * weight_decay a step, as AdamW's do (not muon_lr's: 20x more by default).
+        decay = tp.weight_decay * tp.lr / tp.muon_lr
+        optimizer = OptimizerChain([adamw, Muon(muon, lr=tp.muon_lr, weight_decay=decay,
+                                                ns_bf16=ns_bf16)])
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]  # the peak lr, which the schedule scales
+    return optimizer
 
 
 NS_STEPS = 5  # Newton-Schulz iterations per Muon step, as in Muon's reference
@@ -56,15 +63,13 @@ class Muon(torch.optim.Optimizer):
     """Muon (K. Jordan, 2024): Nesterov momentum whose update for each weight matrix
     is orthogonalised by a Newton-Schulz iteration, scaled by sqrt(max(1, rows/cols)).
     Matrices of one shape are orthogonalised together, as one batched chain of
-    matmuls. The step is group["lr"] * group["lr_ratio"]: the trainer sets lr from
-    the schedule. Weight decay is decoupled and uses the unscaled lr, so it shrinks
-    weights as AdamW would."""
+    matmuls. The step is group["lr"]. Weight decay is decoupled, as AdamW's: each
+    step multiplies the weights by 1 - lr * weight_decay."""
 
-    def __init__(self, params, lr: float = 1e-3, lr_ratio: float = 20.0,
-                 momentum: float = 0.95, weight_decay: float = 0.0, ns_steps: int = NS_STEPS,
-                 ns_bf16: bool = False):
-        super().__init__(params, dict(lr=lr, lr_ratio=lr_ratio, momentum=momentum,
-                                      weight_decay=weight_decay, ns_steps=ns_steps))
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95,
+                 weight_decay: float = 0.0, ns_steps: int = NS_STEPS, ns_bf16: bool = False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      ns_steps=ns_steps))
         self.ns_bf16 = ns_bf16
 
     @torch.no_grad()
@@ -85,7 +90,6 @@ class Muon(torch.optim.Optimizer):
             updates = torch._foreach_lerp(grads, bufs, group["momentum"])  # Nesterov
             if group["weight_decay"]:
                 torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
-            step_lr = group["lr"] * group["lr_ratio"]
             for indices in _same_shape(params):
                 # (k, rows, cols) with rows <= cols: tall matrices go in transposed
                 stack = torch.stack([updates[i].mT if _tall(params[i]) else updates[i]
@@ -98,7 +102,7 @@ class Muon(torch.optim.Optimizer):
                     if pairs:
                         rows, cols = pairs[0][0].shape
                         torch._foreach_add_([p for p, _ in pairs], [o for _, o in pairs],
-                                            alpha=-step_lr * max(1.0, rows / cols) ** 0.5)
+                                            alpha=-group["lr"] * max(1.0, rows / cols) ** 0.5)
 
 
 def _same_shape(params: list[torch.Tensor]) -> list[list[int]]:

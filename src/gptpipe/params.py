@@ -1,11 +1,14 @@
 """Typed, validated params: the one place params.yaml is read and checked.
 
-Every key has a type and a rule. An unknown key names the nearest valid one;
-a wrong value names the key and what is wrong. A key with a fixed set of values
-has a `Literal` type: its choices live there, once, for the check and the
-message (params.yaml lists them in a comment; tests/test_params.py binds the
-two, and the defaults). Floats are parsed robustly, because PyYAML (YAML 1.1)
-reads `2e-5` as a string while DVC reads a float.
+Every key has a type, and its rule beside it: a key with a fixed set of values
+has a `Literal` type (its choices live there, once, for the check and the
+message), a bounded one a `Range` and any other rule a `Rule`, in the field's
+metadata (`checked(default, rule)`); one loop checks them all. `validate` keeps
+the rules that span keys. An unknown key names the nearest valid one; a wrong
+value names the key and what is wrong. params.yaml states the choices and ranges
+in comments; tests/test_params.py binds them, and the defaults, to these fields.
+Floats are parsed robustly, because PyYAML (YAML 1.1) reads `2e-5` as a string
+while DVC reads a float.
 """
 from __future__ import annotations
 
@@ -23,7 +26,83 @@ import yaml
 from .errors import UserError
 
 PARAMS_FILE = "params.yaml"
+
+
+@dataclass
+class Range:
+    """lo <= value <= hi, either end open (strict) or absent; `also`: values allowed
+    outside (0 = off); `text`: the message's wording when not the generated one.
+    (Not frozen: tests/test_faults.py lifts LR_RANGE's bound to reach the NaN guard.)"""
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    also: tuple = ()
+    text: str = ""
+
+    def ok(self, value: Any) -> bool:
+        if value in self.also:
+            return True
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+    def describe(self) -> str:
+        """">= 1", "between 0 and 1", "in (0, 1]", "strictly between 0 and 1", ..."""
+        if self.text:
+            return self.text
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.lo is None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        if self.lo_open and self.hi_open:
+            return f"strictly between {self.lo:g} and {self.hi:g}"
+        if self.lo_open or self.hi_open:
+            return (f"in {'(' if self.lo_open else '['}{self.lo:g}, "
+                    f"{self.hi:g}{')' if self.hi_open else ']'}")
+        return f"between {self.lo:g} and {self.hi:g}"
+
+    def error(self, value: Any) -> str | None:
+        return None if self.ok(value) else f"must be {self.describe()}, got {value!r}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Any other rule for one key: `ok(value)`, else the error says `must be <text>,
+    got <value>`, or `problem(value)` when given."""
+    ok: Callable[[Any], bool]
+    text: str = ""
+    problem: Callable[[Any], str] | None = None
+
+    def error(self, value: Any) -> str | None:
+        if self.ok(value):
+            return None
+        if self.problem is not None:
+            return self.problem(value)
+        shown = list(value) if isinstance(value, tuple) else value
+        return f"must be {self.text}, got {shown!r}"
+
+
+def checked(default: Any, rule: Range | Rule) -> Any:
+    """A field whose value must follow `rule` (a default outside it fails validate)."""
+    return field(default=default, metadata={"rule": rule})
+
+
+def rule_of(f: dataclasses.Field) -> Range | Rule | None:
+    return f.metadata.get("rule")
+
+
+def _non_empty(what: str) -> Rule:
+    return Rule(lambda text: text.strip() != "", what)
+
+
 MAX_LR = 1.0  # far above any useful step size (AdamW: ~1e-3), far below overflow
+# Ranges that keep an update finite (an lr of 1e38 overflows the first step).
+LR_RANGE = Range(0, MAX_LR, lo_open=True)
+AT_LEAST_1 = Range(1)
+FRACTION = Range(0, 1)
+BELOW_1 = Range(0, 1, hi_open=True)
+SEED = Range(0, 2**63, hi_open=True, text="between 0 and 2**63 - 1")
 # logits / temperature: 0.01 is already greedy in all but name; a tiny one (1e-38)
 # overflows fp32 logits to inf, and softmax turns them into nan
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
@@ -31,18 +110,24 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 
 @dataclass(frozen=True)
 class DataParams:
-    source: str = "shakespeare"      # shakespeare | http(s) URL | file:// URL | path
-    sha256: str = ""                 # optional expected sha256 of a single-file source
-    max_bytes: int = 200_000_000     # size cap for downloads and local sources
-    timeout_s: float = 30.0          # connect and read timeout for URLs
-    retries: int = 3                 # retries on 5xx and connection errors
+    # shakespeare | http(s) URL | file:// URL | path
+    source: str = checked("shakespeare", _non_empty("a non-empty source"))
+    sha256: str = checked("", Rule(  # optional expected sha256 of a single-file source
+        lambda h: h == "" or re.fullmatch(r"[0-9a-fA-F]{64}", h) is not None,
+        "empty or 64 hex digits"))
+    max_bytes: int = checked(200_000_000, Range(0, lo_open=True))  # a cap for all sources
+    timeout_s: float = checked(30.0, Range(0, 3600, lo_open=True))  # connect and read, URLs
+    retries: int = checked(3, Range(0, 10))  # retries on 5xx and connection errors
 
 
 @dataclass(frozen=True)
 class CleanParams:
-    encoding: str = "utf-8"          # utf-8 | auto (BOM, then a detector) | any Python codec
+    encoding: str = checked("utf-8", Rule(  # utf-8 | auto (BOM, then a detector) | a codec
+        lambda name: name == "auto" or is_text_codec(name),
+        problem=lambda name: f"unknown codec {name!r} (use utf-8, auto, or a Python text "
+                             "codec such as koi8_r, cp1251, utf-16)"))
     on_invalid_utf8: Literal["error", "replace"] = "error"  # replace: bad bytes -> U+FFFD
-    max_replaced_fraction: float = 0.001  # replace: fail when more of a file is U+FFFD
+    max_replaced_fraction: float = checked(0.001, FRACTION)  # replace: fail above, per file
     ascii_punctuation: bool = False  # fold typographic quotes and dashes to ASCII
     play_markdown: bool = True       # turn the embedded plays' markdown into SPEAKER: form
     stage_directions: bool = False   # keep stage directions from the plays
@@ -52,7 +137,7 @@ class CleanParams:
 @dataclass(frozen=True)
 class TokenizerParams:
     kind: Literal["char", "bpe", "tiktoken", "from_model"] = "char"  # from_model: init_from's
-    vocab_size: int = 1024           # bpe only
+    vocab_size: int = 1024           # bpe only (its range, in validate)
     encoding: str = "gpt2"           # tiktoken only: gpt2 | cl100k_base | o200k_base | ...
     encoding_file: str = ""          # tiktoken only: a local .tiktoken file for offline use
     unknown_chars: Literal["error", "drop", "replace"] = "error"  # from_model, char: new chars
@@ -60,68 +145,76 @@ class TokenizerParams:
 
 @dataclass(frozen=True)
 class SplitParams:
-    train_fraction: float = 0.9
-    max_val_overlap: float = 0.05    # warn when more of val occurs verbatim in train
+    train_fraction: float = checked(0.9, Range(0, 1, lo_open=True, hi_open=True))
+    max_val_overlap: float = checked(0.05, FRACTION)  # warn when more of val is in train
 
 
 @dataclass(frozen=True)
 class ModelParams:
     kind: Literal["gpt", "bigram", "modern"] = "gpt"
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 64
-    dropout: float = 0.0
+    n_layer: int = checked(4, AT_LEAST_1)
+    n_head: int = checked(4, AT_LEAST_1)
+    n_embd: int = checked(128, AT_LEAST_1)
+    block_size: int = checked(64, AT_LEAST_1)
+    dropout: float = checked(0.0, BELOW_1)
     bias: bool = True
     tie_weights: bool = False
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    batch_size: int = 12
-    max_iters: int = 2000
-    lr: float = 1.0e-3
-    min_lr: float = 1.0e-4
-    warmup_iters: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0
-    eval_interval: int = 250
-    eval_batches: int = 20
-    seed: int = 1337
+    batch_size: int = checked(12, AT_LEAST_1)
+    max_iters: int = checked(2000, AT_LEAST_1)
+    lr: float = checked(1.0e-3, LR_RANGE)
+    min_lr: float = 1.0e-4           # between 0 and lr (in validate)
+    warmup_iters: int = checked(100, Range(0))
+    weight_decay: float = checked(0.1, FRACTION)
+    beta1: float = checked(0.9, BELOW_1)
+    beta2: float = checked(0.99, BELOW_1)
+    grad_clip: float = checked(1.0, Range(0, 1e6, text="between 0 (off) and 1e6"))
+    eval_interval: int = checked(250, AT_LEAST_1)
+    eval_batches: int = checked(20, AT_LEAST_1)
+    seed: int = checked(1337, SEED)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     autocast: Literal["auto", "bf16", "off"] = "auto"
-    threads: int = 0                 # torch threads on CPU; 0 = torch's default
-    checkpoint_interval: int = 250
-    grad_accum: int = 1
-    launcher: str = "python"         # python | torchrun --nproc_per_node=N (dvc.yaml's cmd)
+    threads: int = checked(0, Range(0, 1024))  # torch threads on CPU; 0 = torch's default
+    checkpoint_interval: int = checked(250, AT_LEAST_1)
+    grad_accum: int = checked(1, AT_LEAST_1)
+    launcher: str = checked("python", Rule(  # python | torchrun --nproc_per_node=N
+        lambda cmd: cmd.split()[:1] in (["python"], ["python3"], ["torchrun"]),
+        "'python' or 'torchrun --nproc_per_node=N'"))
     optimizer: Literal["adamw", "muon"] = "adamw"  # muon: the blocks' matrices; the rest AdamW
-    muon_lr: float = 0.02            # Muon's peak step; follows train.lr's warmup and decay
-    init_from: str = "scratch"       # scratch | model file | runs:/<id>/model | models:/<name>@<a>
+    muon_lr: float = checked(0.02, LR_RANGE)  # Muon's peak step; the schedule scales it
+    init_from: str = checked("scratch", _non_empty(
+        "scratch, a model file, runs:/<id>/model or models:/<name>@<alias>"))
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    batch_size: int = 32             # windows per forward pass
+    batch_size: int = checked(32, AT_LEAST_1)  # windows per forward pass
 
 
 @dataclass(frozen=True)
 class SampleParams:
-    prompts: tuple = ("\n", "ROMEO:")
-    num_samples: int = 1
-    max_new_tokens: int = 400
-    temperature: float = 0.8
-    top_k: Optional[int] = None      # null = off; else keep the k likeliest tokens
-    top_p: float = 1.0               # 1.0 = off
-    seed: int = 1337
+    prompts: tuple = checked(("\n", "ROMEO:"), Rule(lambda p: len(p) >= 1, "a non-empty list"))
+    num_samples: int = checked(1, AT_LEAST_1)
+    max_new_tokens: int = checked(400, AT_LEAST_1)
+    temperature: float = checked(0.8, Range(
+        MIN_TEMPERATURE, MAX_TEMPERATURE, also=(0,),
+        text=f"0 (greedy) or between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}"))
+    # null = off; else keep the k likeliest tokens
+    top_k: Optional[int] = checked(None, Range(1, text=">= 1, or null for off"))
+    top_p: float = checked(1.0, Range(0, 1, lo_open=True))  # 1.0 = off
+    seed: int = checked(1337, SEED)
 
 
 @dataclass(frozen=True)
 class MlflowParams:
-    experiment: str = "gptpipe"
+    experiment: str = checked("gptpipe", _non_empty("a non-empty name"))
     log_model: bool = True           # log the trained model as an MLflow model
-    registered_model: str = "gptpipe"  # each logged model: a new version of this name
+    registered_model: str = checked("gptpipe", Rule(  # each logged model: a new version
+        lambda name: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None,
+        "a name of letters, digits, '_', '.', '-'"))
 
 
 @dataclass(frozen=True)
@@ -241,14 +334,20 @@ def _check(ok: bool, key: str, rule: str, value: Any) -> None:
         raise UserError(f"params: {key}: must be {rule}, got {value!r}")
 
 
-def _check_choices(p: Params) -> None:
-    """Every `Literal` key holds one of its choices."""
+def _check_fields(p: Params) -> None:
+    """Every key's own rule: a `Literal` key holds one of its choices; a key with a
+    rule in its metadata follows it (null, where the type allows it, always does)."""
     for section in dataclasses.fields(p):
         values = getattr(p, section.name)
-        for name, kind in get_type_hints(type(values)).items():
-            allowed = choices(kind)
+        hints = get_type_hints(type(values))
+        for f in dataclasses.fields(values):
+            key, value = f"{section.name}.{f.name}", getattr(values, f.name)
+            allowed = choices(hints[f.name])
             if allowed is not None:
-                _choice(f"{section.name}.{name}", getattr(values, name), allowed)
+                _choice(key, value, allowed)
+            rule = rule_of(f)
+            if rule is not None and value is not None and (error := rule.error(value)):
+                raise UserError(f"params: {key}: {error}")
 
 
 def is_text_codec(name: str) -> bool:
@@ -259,79 +358,23 @@ def is_text_codec(name: str) -> bool:
 
 
 def validate(p: Params) -> Params:
-    """The rules a value must follow; each failure names its key."""
-    _check_choices(p)
-    _check(p.data.source.strip() != "", "data.source", "a non-empty source", p.data.source)
-    _check(p.data.sha256 == "" or re.fullmatch(r"[0-9a-fA-F]{64}", p.data.sha256) is not None,
-           "data.sha256", "empty or 64 hex digits", p.data.sha256)
-    _check(p.data.max_bytes > 0, "data.max_bytes", "> 0", p.data.max_bytes)
-    _check(0 < p.data.timeout_s <= 3600, "data.timeout_s", "in (0, 3600]", p.data.timeout_s)
-    _check(0 <= p.data.retries <= 10, "data.retries", "between 0 and 10", p.data.retries)
-    if p.clean.encoding != "auto" and not is_text_codec(p.clean.encoding):
-        raise UserError(f"params: clean.encoding: unknown codec {p.clean.encoding!r} "
-                        "(use utf-8, auto, or a Python text codec such as koi8_r, "
-                        "cp1251, utf-16)")
-    _check(0 <= p.clean.max_replaced_fraction <= 1, "clean.max_replaced_fraction",
-           "between 0 and 1", p.clean.max_replaced_fraction)
+    """Each key's own rule (beside its field), then the rules that span keys; each
+    failure names its key."""
+    _check_fields(p)
     _check(p.tokenizer.kind != "from_model" or p.train.init_from.strip() != "scratch",
            "tokenizer.kind", "char, bpe or tiktoken when train.init_from is scratch "
            "(from_model reuses the init_from model's tokenizer)", p.tokenizer.kind)
     if p.tokenizer.kind == "bpe":
         _check(256 <= p.tokenizer.vocab_size <= 65536, "tokenizer.vocab_size",
                "between 256 and 65536 for bpe (uint16 token ids)", p.tokenizer.vocab_size)
-    _check(0 < p.split.train_fraction < 1, "split.train_fraction",
-           "strictly between 0 and 1", p.split.train_fraction)
-    _check(0 <= p.split.max_val_overlap <= 1, "split.max_val_overlap", "between 0 and 1",
-           p.split.max_val_overlap)
     m = p.model
-    for key in ("n_layer", "n_head", "n_embd", "block_size"):
-        _check(getattr(m, key) >= 1, f"model.{key}", ">= 1", getattr(m, key))
     _check(m.n_embd % m.n_head == 0, "model.n_embd",
            f"divisible by model.n_head ({m.n_head})", m.n_embd)
-    if m.kind == "modern" and m.n_embd % m.n_head == 0:
+    if m.kind == "modern":
         _check((m.n_embd // m.n_head) % 2 == 0, "model.n_embd",
                "an even multiple of model.n_head for modern (rotary embeddings)", m.n_embd)
-    _check(0 <= m.dropout < 1, "model.dropout", "in [0, 1)", m.dropout)
     t = p.train
-    _check(t.batch_size >= 1, "train.batch_size", ">= 1", t.batch_size)
-    _check(t.max_iters >= 1, "train.max_iters", ">= 1", t.max_iters)
-    # Ranges that keep an update finite (an lr of 1e38 overflows the first step).
-    _check(0 < t.lr <= MAX_LR, "train.lr", f"in (0, {MAX_LR:g}]", t.lr)
     _check(0 <= t.min_lr <= t.lr, "train.min_lr", "between 0 and train.lr", t.min_lr)
-    _check(t.warmup_iters >= 0, "train.warmup_iters", ">= 0", t.warmup_iters)
-    _check(0 <= t.weight_decay <= 1, "train.weight_decay", "between 0 and 1", t.weight_decay)
-    _check(0 <= t.beta1 < 1, "train.beta1", "in [0, 1)", t.beta1)
-    _check(0 <= t.beta2 < 1, "train.beta2", "in [0, 1)", t.beta2)
-    _check(0 <= t.grad_clip <= 1e6, "train.grad_clip", "between 0 (off) and 1e6",
-           t.grad_clip)
-    _check(0 <= t.seed < 2**63, "train.seed", "between 0 and 2**63 - 1", t.seed)
-    _check(t.eval_interval >= 1, "train.eval_interval", ">= 1", t.eval_interval)
-    _check(t.eval_batches >= 1, "train.eval_batches", ">= 1", t.eval_batches)
-    _check(t.checkpoint_interval >= 1, "train.checkpoint_interval", ">= 1",
-           t.checkpoint_interval)
-    _check(t.grad_accum >= 1, "train.grad_accum", ">= 1", t.grad_accum)
-    _check(0 <= t.threads <= 1024, "train.threads", "between 0 and 1024", t.threads)
-    _check(t.launcher.split()[:1] in (["python"], ["python3"], ["torchrun"]), "train.launcher",
-           "'python' or 'torchrun --nproc_per_node=N'", t.launcher)
-    _check(0 < t.muon_lr <= MAX_LR, "train.muon_lr", f"in (0, {MAX_LR:g}]", t.muon_lr)
-    _check(t.init_from.strip() != "", "train.init_from",
-           "scratch, a model file, runs:/<id>/model or models:/<name>@<alias>", t.init_from)
-    _check(p.evaluate.batch_size >= 1, "evaluate.batch_size", ">= 1", p.evaluate.batch_size)
-    s = p.sample
-    _check(len(s.prompts) >= 1, "sample.prompts", "a non-empty list", list(s.prompts))
-    _check(s.num_samples >= 1, "sample.num_samples", ">= 1", s.num_samples)
-    _check(s.max_new_tokens >= 1, "sample.max_new_tokens", ">= 1", s.max_new_tokens)
-    _check(s.temperature == 0 or MIN_TEMPERATURE <= s.temperature <= MAX_TEMPERATURE,
-           "sample.temperature",
-           f"0 (greedy) or between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}", s.temperature)
-    _check(s.top_k is None or s.top_k >= 1, "sample.top_k", ">= 1, or null for off", s.top_k)
-    _check(0 < s.top_p <= 1, "sample.top_p", "in (0, 1]", s.top_p)
-    _check(0 <= s.seed < 2**63, "sample.seed", "between 0 and 2**63 - 1", s.seed)
-    _check(p.mlflow.experiment.strip() != "", "mlflow.experiment", "a non-empty name",
-           p.mlflow.experiment)
-    _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", p.mlflow.registered_model) is not None,
-           "mlflow.registered_model", "a name of letters, digits, '_', '.', '-'",
-           p.mlflow.registered_model)
     return p
 
 

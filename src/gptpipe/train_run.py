@@ -32,6 +32,7 @@ import torch
 from . import checkpoints, distributed
 from .devices import AutocastChoice, choose_autocast, make_deterministic, pick_device
 from .distributed import World
+from .errors import UserError
 from .lineage import repo_root
 from .model import ModelConfig, build, count_params
 from .params import Params
@@ -124,6 +125,10 @@ class TrainRun:
         if not self.checkpoint.exists():
             return False
         payload = checkpoints.load(self.checkpoint)
+        if payload["format"] != checkpoints.CHECKPOINT_FORMAT:
+            raise UserError(f"{self.checkpoint}: a checkpoint of an older gptpipe "
+                            f"({payload['format']}), refused: delete "
+                            f"{self.checkpoint.parent} to train from step 0")
         checkpoints.check_identity(self.checkpoint, payload["identity"], self.identity)
         self.trainer.load_state_dict(payload["trainer"])
         self.run_id = payload["run_id"]

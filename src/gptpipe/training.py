@@ -1,4 +1,4 @@
-"""The training loop: warmup + cosine, clipping, fixed-batch evals, and the
+"""The training loop: the lr schedule, clipping, fixed-batch evals, and the
 Trainer's state, so checkpoints resume bit-exactly.
 
 Everything that decides the next step is in the checkpoint: weights, optimizer
@@ -24,7 +24,7 @@ from .errors import StopRequested, UserError
 from .model import loss_fn
 from .optim import configure_optimizer
 from .params import TrainParams
-from .schedule import lr_at
+from .schedule import lr_multiplier
 
 
 class NonFiniteLoss(UserError):
@@ -59,6 +59,7 @@ class Trainer:
     def __post_init__(self):
         block = self.model.cfg.block_size
         self.optimizer = configure_optimizer(self.model, self.tp, self.device, self.amp_dtype)
+        self._schedule_lr()  # step 0's, which the first eval row reports
         self.micro_batch, self.accum_steps = micro_batching(
             self.tp.batch_size, self.tp.grad_accum, self.world.size)
         self.sampler = WindowSampler(self.train_data, block, self.micro_batch,
@@ -123,11 +124,22 @@ class Trainer:
         return out
 
     # -- the loop ------------------------------------------------------------
-    def train_step(self) -> float:
-        lr = lr_at(self.step, self.tp.lr, self.tp.min_lr, self.tp.warmup_iters,
-                   self.tp.max_iters)
+    def _schedule_lr(self) -> None:
+        """Every param group's lr for this step: its peak lr times the schedule's
+        multiplier (as nanochat does)."""
+        tp = self.tp
+        lrm = lr_multiplier(self.step, tp.lr, tp.min_lr, tp.warmup_iters, tp.max_iters)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = group["initial_lr"] * lrm
+
+    @property
+    def lr(self) -> float:
+        """train.lr as scheduled for the last step taken (before any: for the first),
+        read from the optimizer (its first group is AdamW's)."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def train_step(self) -> float:
+        self._schedule_lr()
         net = self.ddp_model or self.model
         total = 0.0
         for micro in range(self.accum_steps):
@@ -150,7 +162,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.batch_losses.append((self.step, lr, total))
+        self.batch_losses.append((self.step, self.lr, total))
         return total
 
     def run(self, on_eval: Callable[[EvalRow], None] | None = None,
@@ -188,9 +200,7 @@ class Trainer:
 
     def _evaluate(self, on_eval, tokens_per_s: float) -> None:
         losses = self.estimate_loss()
-        lr = lr_at(max(self.step - 1, 0), self.tp.lr, self.tp.min_lr, self.tp.warmup_iters,
-                   self.tp.max_iters)
-        row = EvalRow(self.step, lr, losses["train"], losses["val"], tokens_per_s,
+        row = EvalRow(self.step, self.lr, losses["train"], losses["val"], tokens_per_s,
                       self.elapsed_s)
         self.history.append(row)
         if on_eval is not None:
