@@ -4,6 +4,7 @@
     gptpipe sample --model models:/gptpipe@champion    ... or from a registered one
     gptpipe lineage RUN_ID               how to get back the code and data of a run
     gptpipe runs --sort val.bits_per_char  compare the MLflow runs as a table
+    gptpipe ci report STATE --base REV   CI's job summary (scripts/ci_retrain.sh)
 """
 from __future__ import annotations
 
@@ -191,6 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     output.add_argument("--csv", action="store_true", help="CSV (full precision, run ids)")
     output.add_argument("--markdown", action="store_true", help="a markdown table")
     runs.set_defaults(func=_runs)
+    from .ci.commands import add_parser as add_ci_parser
+
+    add_ci_parser(commands)
     args = parser.parse_args(argv)
     if args.debug:
         os.environ["GPTPIPE_DEBUG"] = "1"
