@@ -42,6 +42,16 @@ def test_script_is_valid_bash_and_passes_shellcheck():
     run([shellcheck, str(SCRIPT)], ROOT)
 
 
+def test_script_only_orchestrates():
+    # the decisions and the report are gptpipe.ci's (tests/test_ci_report.py), not bash's
+    text = SCRIPT.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 120
+    assert "<<" not in text and "python" not in text, "Python inside the script"
+    # no scraping of DVC's or our own human output
+    assert not [word for word in ("Running stage", "grep", "awk", "gptpipe runs")
+                if word in text]
+
+
 def _ci_env(project: Path, **extra: str) -> dict:
     env = env_for(project)
     for name in CI_VARS:
@@ -111,6 +121,10 @@ def test_ci_retrain_reruns_on_a_corpus_change_and_reports_the_diffs(tmp_path):
         old, new, _change = metrics[key]
         assert float(old) > 0 and float(new) > 0 and old != new, (key, metrics[key])
     assert "_No params changed against `HEAD`._" in _section(report, "Params diff")
+    # the stages that ran, from `dvc status --json` and dvc.lock (not dvc's words)
+    stages = next(line for line in report.splitlines() if line.startswith("- Stages run: "))
+    assert stages.endswith("train, evaluate, sample") and "init" in stages, stages
+    assert "New run `" in _section(report, "MLflow runs")
     # no DVC remote: said, not silent; the base's and the new loss curves drawn
     assert "**Warning: no DVC remote is configured.**" in report
     assert (clone / "ci-artifacts" / "loss_curves.png").stat().st_size > 0
@@ -119,6 +133,8 @@ def test_ci_retrain_reruns_on_a_corpus_change_and_reports_the_diffs(tmp_path):
     log = run(["git", "log", "-1", "--format=%s", "--name-only"], clone).stdout
     subject, *files = [line for line in log.splitlines() if line.strip()]
     assert "[skip ci]" in subject
+    body = run(["git", "log", "-1", "--format=%b"], clone).stdout
+    assert "Stages run: " in body and "train, evaluate, sample" in body, body
     assert {"dvc.lock", "reports/metrics.json"} <= set(files)
     assert all(f == "dvc.lock" or f.startswith("reports/") for f in files), files
     # only those: the corpus change is left to its author

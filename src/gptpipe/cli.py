@@ -5,6 +5,7 @@
     gptpipe lineage RUN_ID               how to get back the code and data of a run
     gptpipe runs --sort val.bits_per_char  compare the MLflow runs as a table
     gptpipe init --update                re-resolve train.init_from (a moved alias)
+    gptpipe ci report STATE --base REV   CI's job summary (scripts/ci_retrain.sh)
 """
 from __future__ import annotations
 
@@ -229,6 +230,9 @@ def main(argv: list[str] | None = None) -> None:
     init.add_argument("--update", action="store_true",
                       help="drop the pin and resolve train.init_from as it is now")
     init.set_defaults(func=_init)
+    from .ci.commands import add_parser as add_ci_parser
+
+    add_ci_parser(commands)
     args = parser.parse_args(argv)
     if args.debug:
         os.environ["GPTPIPE_DEBUG"] = "1"

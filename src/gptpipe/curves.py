@@ -1,6 +1,6 @@
 """Loss curves of two runs on one chart: the base's and the new train_losses.csv.
 
-CI's job summary links it (scripts/ci_retrain.sh); by hand:
+CI draws it for its job summary (gptpipe.ci.loss_curves); by hand:
 
     python -m gptpipe.curves --base old.csv --new reports/train_losses.csv -o curves.png
 

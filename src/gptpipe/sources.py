@@ -78,14 +78,23 @@ def check_no_credentials(source: str) -> None:
 
 
 def source_is_watched(source: str, corpus_dir: Path = Path("corpus")) -> bool:
-    """True when DVC sees changes to the source: the embedded plays, a URL pinned
-    by data.sha256 (checked on download), or a path inside corpus/ (a dep)."""
+    """True when DVC sees changes to the source: the embedded plays (they change
+    only with data.*, a dep) or a path or file:// URL inside corpus/ (a dep). An
+    http(s) URL is not: the text behind it can change while data.* stays the same.
+    CI (gptpipe.ci) reruns the download stage for a source that is not watched."""
     if source == EMBEDDED:
         return True
-    if urllib.parse.urlsplit(source).scheme.lower() in ("http", "https"):
+    scheme = urllib.parse.urlsplit(source).scheme.lower()
+    if scheme in ("http", "https"):
         return False
-    path = Path(source).expanduser().resolve()
-    return path.is_relative_to(corpus_dir.resolve())
+    if scheme == "file":
+        try:
+            path = _file_url_path(source)
+        except UserError:  # another host's file: nothing DVC can watch
+            return False
+    else:
+        path = Path(source)
+    return path.expanduser().resolve().is_relative_to(corpus_dir.resolve())
 
 
 def embedded_plays_dir() -> Path:
