@@ -11,10 +11,6 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .measure import Measured, Project
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,10 +66,11 @@ class Context:
     peak_fp32: float | None = None       # GFLOP/s, measured in this command
     corpus: Path | None = None           # tinyshakespeare, when available
     eval_model: Path | None = None       # a trained model.pt (the baseline's if run)
-    bare: Measured | None = None         # `python -c pass`
-    imports: Measured | None = None      # `python -c "import torch, mlflow"`
-    shakes: "Project | None" = None      # the tinyshakespeare project
-    dvc_project: "Project | None" = None
+    # measure.Measured and measure.Project (measure.py builds on this module)
+    bare: object | None = None           # `python -c pass`
+    imports: object | None = None        # `python -c "import torch, mlflow"`
+    shakes: object | None = None         # the tinyshakespeare project
+    dvc_project: object | None = None
 
     machine: dict = field(default_factory=dict)  # machine(): the CPU, its features
     took: dict = field(default_factory=dict)  # seconds per section

@@ -18,7 +18,7 @@ def _chain_project(path: Path, ctx: Context, n_stages: int) -> Project:
     """A plain DVC pipeline of n_stages trivial stages, each copying the previous
     file; the first is always_changed, as gptpipe's init stage is."""
     path.mkdir(parents=True)
-    proj = Project(path, ctx, None, copy=False)
+    proj = Project(path, ctx.python, None, copy=False)
     (path / "s0.txt").write_text("hello\n")
     stages = {f"s{i}": {"cmd": f"cp s{i - 1}.txt s{i}.txt", "deps": [f"s{i - 1}.txt"],
                         "outs": [f"s{i}.txt"]} for i in range(1, n_stages + 1)}

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import ROOT, STAGE_SCRIPTS, Context
+from .common import ROOT, STAGE_SCRIPTS
 
 
 @dataclass
@@ -74,11 +74,11 @@ load_yaml = projects.load_yaml
 class Project:
     """A copy of gptpipe's pipeline in a temp dir; stages run as `python stages/X.py`."""
 
-    def __init__(self, path: Path, ctx: Context, mlflow_db: Path | None, copy: bool = True):
-        self.path, self.ctx = path, ctx
+    def __init__(self, path: Path, python: str, mlflow_db: Path | None, copy: bool = True):
+        self.path, self.python = path, python
         if copy:
             projects.copy_pipeline(path)
-        self.env = projects.project_env(Path(ctx.python).parent, mlflow_db)
+        self.env = projects.project_env(Path(python).parent, mlflow_db)
         self.env["DVC_ROOT"] = str(path)  # checkpoints and lineage stay in the temp dir
         self.env["DVC_NO_ANALYTICS"] = "1"
         self.env.pop("DVC_EXP_NAME", None)
@@ -89,7 +89,7 @@ class Project:
 
     def stage(self, name: str, label: str = "") -> Measured:
         log = self.path / "logs" / f"{name}{'-' + label if label else ''}.log"
-        result = run_measured([self.ctx.python, f"stages/{STAGE_SCRIPTS[name]}"], self.path,
+        result = run_measured([self.python, f"stages/{STAGE_SCRIPTS[name]}"], self.path,
                               self.env, log)
         if result.returncode != 0:
             tail = "\n".join(result.output.splitlines()[-15:])

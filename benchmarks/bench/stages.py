@@ -85,7 +85,7 @@ def bench_stages(ctx: Context) -> None:
     ctx.imports = run_measured([ctx.python, "-c", "import torch, mlflow"], ctx.tmp,
                                dict(os.environ), ctx.tmp / "logs" / "imports.log")
     ctx.corpus = find_corpus(ctx.tmp / "tinyshakespeare-download")
-    emb = Project(ctx.tmp / "embedded", ctx, ctx.tmp / "mlflow-embedded.db")
+    emb = Project(ctx.tmp / "embedded", ctx.python, ctx.tmp / "mlflow-embedded.db")
     emb.set_params({"data": {"source": "shakespeare"}}, TINY if ctx.quick else {
         "train": {"max_iters": 100, "eval_interval": 50, "checkpoint_interval": 100},
         "mlflow": {"log_model": False}})
@@ -111,7 +111,7 @@ def bench_stages(ctx: Context) -> None:
             ctx.add("stages", f"stage {name} (tinyshakespeare)",
                     "n/a: tinyshakespeare not found (set GPTPIPE_TINYSHAKESPEARE)")
         return
-    shakes = Project(ctx.tmp / "tinyshakespeare", ctx, ctx.tmp / "mlflow-tiny.db")
+    shakes = Project(ctx.tmp / "tinyshakespeare", ctx.python, ctx.tmp / "mlflow-tiny.db")
     shakes.set_params(load_yaml(BASELINE_PRESET), {"data": {"source": str(ctx.corpus)}})
     git_dvc_init(shakes)
     for name in DATA_STAGES:
