@@ -112,8 +112,7 @@ def how_section() -> list[str]:
         "- **stages**: each stage script run as DVC would run it, in a temp project; "
         "seconds are wall time including Python start-up, peak RSS from wait4. The "
         "no-op `dvc repro` alternates between gptpipe's project and a plain chain of "
-        "as many `cp` stages, the first always_changed like gptpipe's init (which "
-        "re-resolves train.init_from on every repro: an alias can move).",
+        "as many `cp` stages; `dvc status --json` confirms each ran nothing.",
         f"- **loss**: the train stage on tinyshakespeare (char tokenizer, 90/10 split), "
         f"in a temp dir with a temp MLflow store. The time to val loss <= {TARGET_VAL} "
         "is the stage's wall time (start-up, step-0 eval, evals and writing outputs "
