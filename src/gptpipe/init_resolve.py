@@ -6,8 +6,8 @@ rest of the pipeline depends on, so DVC reruns tokenize and train when, and only
 when, those bytes change (a moved alias, a new file), not when the same model is
 resolved again. `scratch` writes placeholder model.pt and tokenizer.json files and a
 source.json that says so: the graph stays one graph and a scratch pipeline never
-reruns for it. Every source goes through registry.model_files, the one resolver
-of model references (a path, a downloaded MLflow model folder, `runs:/...`,
+reruns for it. Every source goes through tracking.registry.model_files, the one
+resolver of model references (a path, a downloaded MLflow model folder, `runs:/...`,
 `models:/...`); an alias is pinned to its version first. A plain model file's
 tokenizer is looked up here. Torch (checkpoints' weights_only loader, to refuse
 anything but a gptpipe model) and MLflow (URIs) are never imported for scratch.
@@ -82,7 +82,7 @@ def opened(init_from: str) -> Iterator[Resolved]:
     """The source's files on disk for the `with` block, through the registry's one
     resolver of model references (a URI is downloaded to a temp dir that lives that
     long; an alias is first pinned to the version it names now)."""
-    from . import registry
+    from .tracking import registry
 
     try:
         if is_uri(init_from):
