@@ -8,7 +8,7 @@ from gptpipe import params, tokenizers
 from gptpipe.arrays import load_tokens
 from gptpipe.errors import run_main
 from gptpipe.files import write_json
-from gptpipe.tracking import Tracker, read_run_ref
+from gptpipe.tracking.runs import Tracker, read_run_ref
 
 TRAIN, VAL = Path("data/split/train.npy"), Path("data/split/val.npy")
 TOKENIZER = Path("data/tokens/tokenizer.json")
@@ -48,7 +48,7 @@ def main() -> None:
                                      for split, values in metrics.items()
                                      for key, value in values.items()])
         tracker.log_artifact(run_id, METRICS, "metrics")
-        from gptpipe.registry import promote
+        from gptpipe.tracking.registry import promote
 
         outcome = promote(tracker, run_id, metrics["val"]["bits_per_char"])
         if outcome:

@@ -4,7 +4,7 @@ from pathlib import Path
 from gptpipe import params
 from gptpipe.errors import run_main
 from gptpipe.files import write_json, write_text
-from gptpipe.tracking import Tracker, read_run_ref
+from gptpipe.tracking.runs import Tracker, read_run_ref
 
 TOKENIZER = Path("data/tokens/tokenizer.json")
 MODEL = Path("models/model.pt")

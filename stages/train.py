@@ -14,7 +14,7 @@ from gptpipe.errors import run_main
 from gptpipe.files import read_json, sha256_file, write_json
 from gptpipe.lineage import git_state, stage_hashes
 from gptpipe.reporting import history_csv, losses_csv, write_loss_curve, write_text
-from gptpipe.tracking import BackgroundRun
+from gptpipe.tracking.background import BackgroundRun, RunSpec
 
 TRAIN, VAL = Path("data/split/train.npy"), Path("data/split/val.npy")
 TOKENIZER = Path("data/tokens/tokenizer.json")
@@ -31,57 +31,55 @@ def main() -> None:
     from gptpipe.train_run import TrainRun, start_world, stop_on_signals
 
     device, world = start_world(p.train.device)
-    # Rank 0 alone talks to MLflow, in the background once step 1 is done: training starts
-    # without waiting for it. A down server or refused credentials fail the stage here,
-    # before training (one loopback request).
-    mlflow = BackgroundRun() if world.is_main else None
+    # Rank 0 alone talks to MLflow, in the background once step 1 is done (when, is
+    # tracking/background.py's): a down server or refused credentials fail here.
+    background_run = BackgroundRun() if world.is_main else None
     data_hashes = {"train.npy": sha256_file(TRAIN), "val.npy": sha256_file(VAL),
                    "tokenizer.json": sha256_file(TOKENIZER)}
     begin = warm_start.start(p, TOKENIZER)  # scratch, or the init_from weights (checked)
-    run = TrainRun.build(p, device, world, mlflow, begin, load_tokens(TRAIN),
+    run = TrainRun.build(p, device, world, background_run, begin, load_tokens(TRAIN),
                          load_tokens(VAL), data_hashes)
     resumed = run.resume()
     if world.is_main and not begin.is_scratch:
         print(f"train: fine-tuning from {p.train.init_from} "
               f"(model sha256 {begin.source['model_sha256'][:12]})", flush=True)
     if world.is_main:
-        resumed_id = run.run_id
-        mlflow.open(lambda tracker: resumed_id if resumed else _create_run(
-            tracker, p, data_hashes, run.params_key, run.autocast, begin.source),
-            # the run page's Datasets; then CPU and memory while training
-            then=lambda tracker, run_id: tracker.log_data_inputs(
-                run_id, {"train": (TRAIN, data_hashes["train.npy"]),
-                         "val": (VAL, data_hashes["val.npy"])}, DOWNLOAD),
-            system_metrics=True)
+        background_run.open(_run_spec(p, run, resumed, data_hashes, begin.source))
         print(f"train: {run.describe()}", flush=True)
 
     should_stop = stop_on_signals()
-    with mlflow.stage() if world.is_main else contextlib.nullcontext():
+    with background_run.stage() if world.is_main else contextlib.nullcontext():
         run.train(should_stop)
         if world.is_main:
-            tracker, run.run_id = mlflow.get()
+            tracker, run.run_id = background_run.get()
             print(f"train: MLflow run {run.run_id}", flush=True)
             _write_outputs(run, p, data_hashes, tracker)
     run.close()
 
 
-def _create_run(tracker, p, data_hashes, params_key, autocast, source: dict) -> str:
+def _run_spec(p, run, resumed: bool, data_hashes, source: dict) -> RunSpec:
+    """The MLflow run: the one the resumed checkpoint names, or a new one; either way
+    the run page's Datasets, then CPU and memory while training."""
+    data = {"datasets": {"train": (TRAIN, data_hashes["train.npy"]),
+                         "val": (VAL, data_hashes["val.npy"])},
+            "download_report": DOWNLOAD, "system_metrics": True}
+    if resumed:
+        return RunSpec(p.mlflow.experiment, run_id=run.run_id, **data)
     # Only the stages before train: dvc.lock's train/evaluate/sample are the last run's.
     tags = {**git_state(), **stage_hashes(exclude=("train", "evaluate", "sample")),
             **{f"data.sha256.{k}": v for k, v in data_hashes.items()},
-            "data.sha256.raw": _raw_corpus_sha256(), "gptpipe.params_key": params_key,
-            **tracker.parent_tags(source, p.mlflow.experiment),
+            "data.sha256.raw": _raw_corpus_sha256(), "gptpipe.params_key": run.params_key,
             # what train.autocast resolved to on this machine, and why
-            "gptpipe.autocast": autocast.name, "gptpipe.autocast_reason": autocast.reason}
+            "gptpipe.autocast": run.autocast.name, "gptpipe.autocast_reason": run.autocast.reason}
     exclude = ("evaluate", "sample")  # logged by their stages, which may rerun
     flat = p.flat(tuple(s for s in p.flat_sections() if s not in exclude))
-    run_id = tracker.create_run(p.mlflow.experiment, os.environ.get("DVC_EXP_NAME"), flat, tags)
     # How much of val is verbatim in train (reports/split.json): a low val loss means
     # less when this is high.
     overlap = read_json(SPLIT_REPORT).get("val_in_train", {}) if SPLIT_REPORT.exists() else {}
-    if "share" in overlap:
-        tracker.log_metrics(run_id, [("data.val_in_train", overlap["share"], 0)])
-    return run_id
+    metrics = (("data.val_in_train", overlap["share"], 0),) if "share" in overlap else ()
+    # the parent's tags (a fine-tune's init_from) are looked up in MLflow, in the background
+    return RunSpec(p.mlflow.experiment, run_name=os.environ.get("DVC_EXP_NAME"), params=flat,
+                   tags=tags, init_source=source, metrics=metrics, **data)
 
 
 def _write_outputs(run, p, data_hashes, tracker) -> None:
@@ -113,7 +111,7 @@ def _write_outputs(run, p, data_hashes, tracker) -> None:
     tracker.log_artifact(run_id, HISTORY, "history")
     tracker.log_artifact(run_id, TOKENIZER, "tokenizer")
     if p.mlflow.log_model:  # an MLflow model (runs:/<run_id>/model), a new registered version
-        from gptpipe import registry
+        from gptpipe.tracking import registry
 
         version = registry.log_model(tracker, run_id, MODEL, TOKENIZER, p.mlflow.registered_model,
                                      exp_name=os.environ.get("DVC_EXP_NAME"))

@@ -617,7 +617,7 @@ def test_two_queued_experiments_in_parallel_lose_no_run(trained, tmp_path):
 
 LOCKED_STORE = """
 import sqlite3, sys, threading, time
-from gptpipe.tracking import Tracker
+from gptpipe.tracking.runs import Tracker
 
 db = sys.argv[1]
 tracker = Tracker("sqlite:///" + db)
@@ -637,7 +637,7 @@ def test_a_store_locked_past_sqlites_busy_timeout_is_waited_for(data_project, tm
     shutil.copy(data_project / "mlflow.db", db)
     result = run(["python", "-c", LOCKED_STORE, str(db)], tmp_path, timeout=120)
     waited, tag = result.stdout.split(maxsplit=1)
-    # sqlite itself waits 5 s, then says "database is locked"; tracking.py retried
+    # sqlite itself waits 5 s, then says "database is locked"; store.retry_locked retried
     assert float(waited) >= 6.5 and tag.strip() == "the lock", result.stdout
 
 

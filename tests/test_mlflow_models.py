@@ -123,7 +123,7 @@ def test_train_logs_a_registered_model_from_code_with_its_weights_and_tokenizer(
     mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
     flavor = mlmodel["flavors"]["python_function"]
     assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
-    assert "python_model" not in flavor and (folder / "mlflow_model.py").is_file()
+    assert "python_model" not in flavor and (folder / "model_code.py").is_file()
     assert not [p for p in folder.rglob("*") if p.suffix in (".pkl", ".pickle")]
     assert flavor["config"]["gptpipe_model_format"] == 1
     assert (folder / flavor["artifacts"]["weights"]["path"]).read_bytes() == \
@@ -225,7 +225,7 @@ def test_a_model_of_another_format_names_the_gptpipe_version_it_needs(trained, m
                  check=False)
     assert loaded.returncode != 0 and "install gptpipe 9.9.9 to load it" in loaded.stderr
     # model code (it travels with the model) that needs what the installed gptpipe lacks
-    code_file = folder / "mlflow_model.py"
+    code_file = folder / "model_code.py"
     code_file.write_text(code_file.read_text().replace(
         "from gptpipe.sampling import generate", "from gptpipe.sampling import generate_v9"))
     mlmodel["flavors"]["python_function"]["config"]["gptpipe_model_format"] = 1
@@ -288,8 +288,8 @@ def test_mlflow_models_serve_answers_with_the_champions_text(trained, request):
 def test_champion_is_the_best_version_on_the_val_data_evaluated_last(tmp_path):
     """The documented rule, on a real sqlite registry: versions are compared only
     with versions measured on the same val data (by sha256); ties keep the older."""
-    from gptpipe.registry import VAL_SHA_TAG, promote
-    from gptpipe.tracking import Tracker
+    from gptpipe.tracking.registry import VAL_SHA_TAG, promote
+    from gptpipe.tracking.runs import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = tracker.client

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from gptpipe.files import sha256_file
+from gptpipe.tracking.datasets import log_data_inputs
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def store(tmp_path_factory):
     """One store for this file's tests (creating one costs a second or two)."""
     import mlflow
 
-    from gptpipe.tracking import Tracker
+    from gptpipe.tracking.runs import Tracker
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('run-page') / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
@@ -87,8 +88,8 @@ def test_train_val_and_corpus_are_the_run_datasets(tracker, tmp_path):
     arrays, report = _write_inputs(tmp_path, "https://***@example.org/input.txt", "url",
                                    "ab" * 32)
     run_id = _new_run(tracker)
-    tracker.log_data_inputs(run_id, arrays, report)
-    tracker.log_data_inputs(run_id, arrays, report)  # a resumed train: nothing twice
+    log_data_inputs(tracker, run_id, arrays, report)
+    log_data_inputs(tracker, run_id, arrays, report)  # a resumed train: nothing twice
     inputs = tracker.client.get_run(run_id).inputs.dataset_inputs
     by_name = {i.dataset.name: i for i in inputs}
     assert len(inputs) == 3 and set(by_name) == {"train", "val", "corpus"}
@@ -114,7 +115,7 @@ def test_train_val_and_corpus_are_the_run_datasets(tracker, tmp_path):
 def test_embedded_corpus_points_at_the_files_dvc_tracks(tracker, tmp_path):
     arrays, report = _write_inputs(tmp_path, "shakespeare", "shakespeare", "cd" * 32)
     run_id = _new_run(tracker)
-    tracker.log_data_inputs(run_id, arrays, report)
+    log_data_inputs(tracker, run_id, arrays, report)
     corpus = next(i.dataset for i in tracker.client.get_run(run_id).inputs.dataset_inputs
                   if i.dataset.name == "corpus")
     assert corpus.source_type == "local" and json.loads(corpus.source) == {"uri": "data/raw"}

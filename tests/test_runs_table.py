@@ -26,7 +26,7 @@ def _make_store(uri: str) -> dict:
     (MLflow keeps the first value; gptpipe records the new one as a current.* tag)."""
     from mlflow.tracking import MlflowClient
 
-    from gptpipe.tracking import Tracker
+    from gptpipe.tracking.runs import Tracker
 
     tracker, ids = Tracker(uri), {}
     with pytest.MonkeyPatch.context() as patch:

@@ -20,7 +20,7 @@ from .errors import UserError, run_main
 def _sample(args: argparse.Namespace) -> None:
     from . import params as params_mod
     from .inference import encode_prompt, load_model
-    from .registry import model_files
+    from .tracking.registry import model_files
     from .sampling import stream
 
     defaults = params_mod.SampleParams()
@@ -50,7 +50,7 @@ def _sample(args: argparse.Namespace) -> None:
 
 def _lineage(args: argparse.Namespace) -> None:
     from .lineage import commit_recording, git_state, run_ref_md5, stage_hashes, tree_matches
-    from .tracking import Tracker
+    from .tracking.runs import Tracker
 
     tracker = Tracker()
     try:
@@ -112,8 +112,9 @@ def _print_chain(chain: list[dict]) -> None:
 
 def _runs(args: argparse.Namespace) -> None:
     from . import params as params_mod
-    from . import runs_table
-    from .tracking import Tracker, redact_uri, tracking_uri
+    from .tracking import runs_table
+    from .tracking.runs import Tracker
+    from .tracking.store import redact_uri, tracking_uri
 
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():

@@ -10,7 +10,7 @@ alias points now. Only `gptpipe init --update` (which drops the pin) resolves
 afresh, so evaluate moving `champion` never makes the pipeline fine-tune again.
 `scratch` writes placeholder model.pt and tokenizer.json files and a source.json
 that says so: the graph stays one graph and a scratch pipeline never reruns for
-it. Every source goes through registry.model_files, the one resolver of model
+it. Every source goes through tracking.registry.model_files, the one resolver of model
 references (a path, a downloaded MLflow model folder, `runs:/...`,
 `models:/...`); an alias is pinned to its version first. A plain model file's
 tokenizer is looked up here. Torch (checkpoints' weights_only loader, to refuse
@@ -94,7 +94,7 @@ def opened(init_from: str, pin: dict | None = None) -> Iterator[Resolved]:
     """The source's files on disk for the `with` block, through the registry's one
     resolver of model references (a URI is downloaded to a temp dir that lives that
     long; an alias is first pinned to the version it names now, or to `pin`'s)."""
-    from . import registry
+    from .tracking import registry
 
     try:
         if is_uri(init_from):

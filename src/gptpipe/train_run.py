@@ -1,19 +1,19 @@
 """One run of the train stage, resumable: the Trainer built from params, its
-checkpoint, and the metric rows it owes the tracker.
+checkpoint, and the metric rows it owes MLflow.
 
 - Resume: a checkpoint under .gptpipe/checkpoints/<hash of params, data and
   world size>/ (where DVC never deletes it) continues exactly; one from other
   params or data is refused.
-- Training starts at once: MLflow opens in the background (tracking.BackgroundRun),
-  started once the first step is done;
-  the first checkpoint waits for it, since it stores the run id.
-- Metrics reach the tracker only once the checkpoint covering them is on disk,
-  and the checkpoint keeps them too: a resumed run sends those the tracker lacks,
-  so its history continues without gaps or duplicates.
+- Training starts at once: MLflow opens in the background
+  (tracking/background.py's BackgroundRun, told of every step: it starts once the
+  first is done); the first checkpoint waits for it, since it stores the run id.
+- Metrics reach MLflow only once the checkpoint covering them is on disk, and the
+  checkpoint keeps them too: a resumed run sends those the MLflow run lacks, so its
+  history continues without gaps or duplicates.
 - SIGTERM / Ctrl-C stop at a step boundary, after a checkpoint.
 
-Under DDP every rank trains; rank 0 alone has a tracker and writes files. The
-tracker is a tracking.BackgroundRun (check, get -> a Tracker with log_metrics /
+Under DDP every rank trains; rank 0 alone has a BackgroundRun and writes files
+(step_done, and get -> a tracking.runs.Tracker with log_metrics /
 log_missing_metrics, and the run id): no MLflow code here.
 """
 from __future__ import annotations
@@ -69,13 +69,13 @@ class TrainRun:
     identity: dict
     checkpoint: Path
     autocast: AutocastChoice
-    tracker: object | None = None  # rank 0's BackgroundRun; None on the other ranks
+    background_run: object | None = None  # rank 0's BackgroundRun; None on the other ranks
     run_id: str | None = None
-    unlogged: list[MetricRow] = field(default_factory=list)  # a kill kept from the tracker
+    unlogged: list[MetricRow] = field(default_factory=list)  # a kill kept from MLflow
     pending: list[MetricRow] = field(default_factory=list)  # evals since the last checkpoint
 
     @classmethod
-    def build(cls, p: Params, device: torch.device, world: World, tracker,
+    def build(cls, p: Params, device: torch.device, world: World, background_run,
               begin: Start, train_data: np.ndarray, val_data: np.ndarray,
               data_hashes: dict[str, str]) -> "TrainRun":
         if p.train.threads:
@@ -102,7 +102,7 @@ class TrainRun:
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         trainer = Trainer(model, train_data, val_data, p.train, device, amp.dtype,
                           world=world, ddp_model=ddp_model)
-        return cls(trainer, cfg, identity, ckpt_dir / "checkpoint.pt", amp, tracker)
+        return cls(trainer, cfg, identity, ckpt_dir / "checkpoint.pt", amp, background_run)
 
     @property
     def world(self) -> World:
@@ -162,11 +162,11 @@ class TrainRun:
 
             def progress(step: int, loss: float, tokens_per_s: float) -> None:
                 if world.is_main:
-                    self.tracker.check()  # MLflow failed in the background: stop now
                     if step == first_step:
                         bar.write(f"train: first step done {process_age_s():.2f} s after "
                                   "the process started")
-                        self.tracker.start()  # MLflow from here on, beside training
+                    # MLflow's error, if it failed in the background; its start after step 1
+                    self.background_run.step_done()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}",
                                 refresh=False)
@@ -197,8 +197,8 @@ class TrainRun:
         rows = self.pending + [(k, v, s) for s, lr, loss in trainer.batch_losses
                                for k, v in (("batch_loss", loss), ("lr", lr))]
         # The rows go in the checkpoint too: a kill between the save and the log
-        # would lose them; a resume logs those the tracker lacks. So do the rows
-        # the resumed checkpoint owed the tracker, until they are logged.
+        # would lose them; a resume logs those the MLflow run lacks. So do the rows
+        # the resumed checkpoint owed it, until they are logged.
         owed = [tuple(r) for r in self.unlogged]
         checkpoints.save(self.checkpoint, {"format": checkpoints.CHECKPOINT_FORMAT,
                                            "identity": self.identity, "run_id": run_id,
@@ -213,7 +213,7 @@ class TrainRun:
 
     def _tracked(self):
         """The tracker and run id, once the background has opened the run."""
-        tracker, run_id = self.tracker.get()
+        tracker, run_id = self.background_run.get()
         if self.run_id is None:
             self.run_id = run_id
         return tracker, run_id

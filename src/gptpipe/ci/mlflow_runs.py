@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import runs_table  # the one import of it in gptpipe.ci
+from ..tracking import runs_table  # the one import of it in gptpipe.ci
 
 
 def _settings(params_path: Path):
@@ -18,7 +18,8 @@ def _settings(params_path: Path):
 def _tracker():
     """A Tracker on the tracking URI, or None when the local store does not exist
     yet (opening it would create it)."""
-    from ..tracking import Tracker, tracking_uri
+    from ..tracking.runs import Tracker
+    from ..tracking.store import tracking_uri
 
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():

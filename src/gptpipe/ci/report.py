@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..tracking import redact_uri
+from ..tracking.store import redact_uri
 
 TITLE = "# Retraining report"
 MISSING = "-"      # a value one side does not have, as DVC shows it

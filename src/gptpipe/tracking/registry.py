@@ -1,4 +1,4 @@
-"""MLflow models (MLflow-only code, next to tracking.py): log the trained model,
+"""MLflow models: log the trained model (model_code.py, "models from code"),
 register each one as a new version, move the `champion` alias, and resolve a
 model reference (path or URI) to local weight and tokenizer files.
 
@@ -17,9 +17,11 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from . import __version__
-from .errors import UserError
-from .init_source import is_uri
+from .. import __version__
+from ..errors import UserError
+from ..init_source import is_uri
+from .runs import Tracker
+from .store import redact_uri, retry_locked, store_lock
 
 MODEL_NAME = "model"       # runs:/<run_id>/model
 CHAMPION = "champion"
@@ -36,7 +38,7 @@ def _signature():
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    from .mlflow_model import predict_defaults
+    from .model_code import predict_defaults
 
     kinds = {int: "long", float: "double"}
     return ModelSignature(
@@ -45,7 +47,7 @@ def _signature():
                             for key, value in predict_defaults().items()]))
 
 
-def log_model(tracker, run_id: str, weights: Path, tokenizer: Path, registered_model: str,
+def log_model(tracker: Tracker, run_id: str, weights: Path, tokenizer: Path, registered_model: str,
               exp_name: str | None = None, example_prompt: str = "\n") -> str:
     """Log the model of `run_id` as an MLflow model ("models from code") linked to
     the run, and register it as a new version of `registered_model`. Returns the
@@ -56,20 +58,19 @@ def log_model(tracker, run_id: str, weights: Path, tokenizer: Path, registered_m
     from mlflow.entities import LoggedModelStatus
     from mlflow.models import Model
 
-    from . import mlflow_model
-    from .tracking import _retry_locked
+    from . import model_code
 
     client = tracker.client
-    run = _retry_locked(client.get_run, run_id)
+    run = retry_locked(client.get_run, run_id)
     # Created here, in the run's experiment (Model.log would use the active one).
-    logged = _retry_locked(client.create_logged_model, run.info.experiment_id, name=MODEL_NAME,
-                           source_run_id=run_id, params=run.data.params, model_type="gptpipe")
+    logged = retry_locked(client.create_logged_model, run.info.experiment_id, name=MODEL_NAME,
+                          source_run_id=run_id, params=run.data.params, model_type="gptpipe")
 
-    config = {mlflow_model.FORMAT_KEY: mlflow_model.FORMAT, mlflow_model.VERSION_KEY: __version__}
+    config = {model_code.FORMAT_KEY: model_code.FORMAT, model_code.VERSION_KEY: __version__}
     try:  # Model.log (not pyfunc.log_model): it takes the run id, no active run needed
         info = Model.log(  # not retried on a locked store: it would log twice
             artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
-            model_id=logged.model_id, python_model=mlflow_model.__file__,
+            model_id=logged.model_id, python_model=model_code.__file__,
             artifacts={"weights": str(weights), "tokenizer": str(tokenizer)},
             model_config=config, metadata=config, signature=_signature(),
             input_example=(pd.DataFrame({"prompt": [example_prompt]}), {"max_new_tokens": 8}),
@@ -78,40 +79,36 @@ def log_model(tracker, run_id: str, weights: Path, tokenizer: Path, registered_m
                               f"gptpipe=={__version__}"],
             registered_model_name=registered_model, await_registration_for=0)
     except BaseException:
-        _retry_locked(client.finalize_logged_model, logged.model_id, LoggedModelStatus.FAILED)
+        retry_locked(client.finalize_logged_model, logged.model_id, LoggedModelStatus.FAILED)
         raise
     version = str(info.registered_model_version)
     tags = {key: run.data.tags[key] for key in VERSION_TAGS_FROM_RUN if key in run.data.tags}
     tags["dvc.exp_name"] = exp_name or "(workspace)"
     for key, value in tags.items():
-        _retry_locked(client.set_model_version_tag, registered_model, version, key, value)
+        retry_locked(client.set_model_version_tag, registered_model, version, key, value)
     return version
 
 
-def run_version(tracker, run_id: str):
+def run_version(tracker: Tracker, run_id: str):
     """The registered model version logged by `run_id`, or None."""
-    from .tracking import _retry_locked
-
-    found = _retry_locked(tracker.client.search_model_versions, f"run_id = '{run_id}'")
+    found = retry_locked(tracker.client.search_model_versions, f"run_id = '{run_id}'")
     return max(found, key=lambda v: int(v.version)) if found else None
 
 
-def promote(tracker, run_id: str, val_bits_per_char: float) -> str | None:
+def promote(tracker: Tracker, run_id: str, val_bits_per_char: float) -> str | None:
     """Tag the run's model version with its val bits/char and apply the champion
     rule (module docstring). Returns what happened, for the log; None when the
     run logged no model."""
-    from .tracking import _retry_locked, store_lock
-
     client = tracker.client
     version = run_version(tracker, run_id)
     if version is None:
         return None
     name = version.name
-    _retry_locked(client.set_model_version_tag, name, version.version, BPC_TAG,
-                  repr(float(val_bits_per_char)))
+    retry_locked(client.set_model_version_tag, name, version.version, BPC_TAG,
+                 repr(float(val_bits_per_char)))
     val_sha = version.tags.get(VAL_SHA_TAG)
     with store_lock(tracker.uri, "registry"):  # parallel `dvc exp run -j 2` evaluates
-        versions = _retry_locked(client.search_model_versions, f"name = '{name}'")
+        versions = retry_locked(client.search_model_versions, f"name = '{name}'")
         rivals = [v for v in versions if v.tags.get(VAL_SHA_TAG) == val_sha
                   and (BPC_TAG in v.tags or v.version == version.version)]
         score = {v.version: float(v.tags.get(BPC_TAG, val_bits_per_char)) for v in rivals}
@@ -120,7 +117,7 @@ def promote(tracker, run_id: str, val_bits_per_char: float) -> str | None:
         if current is not None and current.version == best.version:
             return (f"champion stays {name} v{best.version} "
                     f"({score[best.version]:.4f} val bits/char)")
-        _retry_locked(client.set_registered_model_alias, name, CHAMPION, best.version)
+        retry_locked(client.set_registered_model_alias, name, CHAMPION, best.version)
     was = f"; was v{current.version}" if current is not None else ""
     return f"champion -> {name} v{best.version} ({score[best.version]:.4f} val bits/char{was})"
 
@@ -161,7 +158,7 @@ def model_files(ref: str) -> Iterator[tuple[Path, Path | None]]:
 def _mlmodel_files(folder: Path, ref: str) -> tuple[Path, Path]:
     from mlflow.models import Model
 
-    from .mlflow_model import check_format
+    from .model_code import check_format
 
     conf = Model.load(str(folder)).flavors.get("python_function", {})
     check_format(conf.get("config"), ref)  # the model_config given to Model.log
@@ -176,8 +173,6 @@ def _mlmodel_files(folder: Path, ref: str) -> tuple[Path, Path]:
 def _download(uri: str, dest: Path) -> tuple[Path, Path]:
     import mlflow
     from mlflow.exceptions import MlflowException
-
-    from .tracking import Tracker, redact_uri
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line or none
     try:
@@ -249,8 +244,6 @@ def pin(uri: str) -> dict:
     the run that logged it. {"uri" (runs:/... or models:/<name>/<version>),
     "run_id", "model_name", "version"}; train.init_from's init stage downloads that
     concrete URI, so a moving alias cannot change between naming and download."""
-    from .tracking import Tracker, _retry_locked, redact_uri
-
     try:
         tracker = Tracker()
     except UserError as exc:
@@ -266,9 +259,9 @@ def pin(uri: str) -> dict:
     rest = uri[len("models:/"):]
     if "@" in rest:
         name, alias = rest.split("@", 1)
-        found = _retry_locked(client.get_model_version_by_alias, name, alias)
+        found = retry_locked(client.get_model_version_by_alias, name, alias)
     else:
         name, number = rest.split("/")[:2]
-        found = _retry_locked(client.get_model_version, name, number)
+        found = retry_locked(client.get_model_version, name, number)
     return {"uri": f"models:/{name}/{found.version}", "run_id": found.run_id or "",
             "model_name": name, "version": str(found.version)}

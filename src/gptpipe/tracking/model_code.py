@@ -53,7 +53,7 @@ class GptpipeModel(PythonModel):
         config = context.model_config or {}
         try:
             from gptpipe.inference import encode_prompt, load_model
-            from gptpipe.mlflow_model import check_format as installed_check_format
+            from gptpipe.tracking.model_code import check_format as installed_check_format
             from gptpipe.sampling import generate
         except ImportError as exc:
             raise ImportError(
@@ -81,6 +81,6 @@ class GptpipeModel(PythonModel):
 
 
 # MLflow runs this file as the model's code, under a module name of its own;
-# imported as gptpipe.mlflow_model (by registry.py) it only defines the above.
-if __name__ != "gptpipe.mlflow_model":
+# imported as gptpipe.tracking.model_code (by registry.py) it only defines the above.
+if __name__ != "gptpipe.tracking.model_code":
     mlflow.models.set_model(GptpipeModel())

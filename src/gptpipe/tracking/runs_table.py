@@ -2,8 +2,8 @@
 
 One row per run: its name, the DVC experiment it came from, its registered model
 version and whether that version is the `champion`, the params that differ between
-the runs shown, and each metric's last value. MLflow-only code, like tracking.py;
-the cli prints the table as text, CSV or markdown.
+the runs shown, and each metric's last value. MLflow-only code; the cli prints
+the table as text, CSV or markdown.
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
+from ..errors import UserError
 from .registry import CHAMPION
-from .tracking import DVC_EXPERIMENT_TAG
+from .runs import DVC_EXPERIMENT_TAG
+from .store import redact_uri, retry_locked
 
 DEFAULT_SORT = "val.bits_per_char"
 # Logged at every step: their last value says little about a run.
@@ -27,16 +28,14 @@ def fetch_runs(experiment: str) -> pd.DataFrame:
     """mlflow.search_runs of one experiment (the tracking URI is set by Tracker)."""
     import mlflow
 
-    from .tracking import _retry_locked, redact_uri
-
-    exp = _retry_locked(mlflow.get_experiment_by_name, experiment)
+    exp = retry_locked(mlflow.get_experiment_by_name, experiment)
     if exp is None:
-        names = sorted(e.name for e in _retry_locked(mlflow.search_experiments))
+        names = sorted(e.name for e in retry_locked(mlflow.search_experiments))
         raise UserError(f"experiment '{experiment}' not found in "
                         f"{redact_uri(mlflow.get_tracking_uri())} "
                         f"(experiments: {', '.join(names) or 'none'})")
-    return _retry_locked(mlflow.search_runs, experiment_ids=[exp.experiment_id],
-                         output_format="pandas", order_by=["attributes.start_time DESC"])
+    return retry_locked(mlflow.search_runs, experiment_ids=[exp.experiment_id],
+                        output_format="pandas", order_by=["attributes.start_time DESC"])
 
 
 def fetch_versions(client, model_name: str) -> tuple[dict[str, int], str | None]:
