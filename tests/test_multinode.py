@@ -120,6 +120,7 @@ def _both(projects: list[Path], mlflow_db: Path, timeout: float = 120):
     finally:
         for a in agents:
             _kill_tree(a.pid)
+            a.wait(timeout=30)
     return [(a.returncode, err) for a, (_, err) in zip(agents, outs)]
 
 
@@ -218,6 +219,7 @@ def test_two_nodes_on_loopback_train_resume_and_match_one_node(tmp_path):
     finally:
         for agent in agents:
             _kill_tree(agent.pid)
+            agent.wait(timeout=30)
     assert agents[0].returncode != 0
     assert lost_after < 60, f"node 0 took {lost_after:.0f} s to notice"
     worker_err = _worker_log(node0, "stderr")
