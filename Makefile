@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # range would pull a multi-GB CUDA build. Elsewhere pip takes the platform's build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install install-dev run test test-slow bench
+.PHONY: install install-dev run test test-slow bench gpu-check
 
 $(BIN)/python:
 	@echo "==> creating $(VENV)"
@@ -37,3 +37,8 @@ test-slow: install-dev
 
 bench: install-dev
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# One command on a GPU machine: device, bf16, tokens/s, MFU, val loss, determinism
+# (docs/more-machines.md); one line and exit 0 without CUDA.
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)

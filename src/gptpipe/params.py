@@ -96,6 +96,41 @@ def _non_empty(what: str) -> Rule:
     return Rule(lambda text: text.strip() != "", what)
 
 
+def _torchrun_flags(cmd: str) -> dict[str, str]:
+    """torchrun's --flags in a launcher, `-` and `_` spellings alike: {name: value}."""
+    flags, words = {}, cmd.split()[1:]
+    for i, word in enumerate(words):
+        if word.startswith("--"):
+            name, eq, value = word[2:].replace("_", "-").partition("=")
+            if not eq and i + 1 < len(words) and not words[i + 1].startswith("-"):
+                value = words[i + 1]
+            flags[name] = value
+    return flags
+
+
+def launcher_problem(cmd: str) -> str | None:
+    """Why a train.launcher cannot work, or None: python, or torchrun; several
+    nodes (--nnodes above 1) need a rendezvous address every node can reach."""
+    words = cmd.split()
+    if words[:1] not in (["python"], ["python3"], ["torchrun"]):
+        return f"must be 'python' or 'torchrun ...', got {cmd!r}"
+    if words[0] != "torchrun":
+        return None
+    flags = _torchrun_flags(cmd)
+    nnodes = flags.get("nnodes", "1")
+    try:
+        most = int(nnodes.split(":")[-1])
+    except ValueError:
+        return f"torchrun --nnodes must be N or MIN:MAX, got {nnodes!r}"
+    if most > 1 and "standalone" in flags:
+        return "torchrun --standalone is one machine: drop it with --nnodes above 1"
+    if most > 1 and not ({"rdzv-endpoint", "master-addr"} & flags.keys()):
+        return ("torchrun with --nnodes above 1 needs the address of node 0, which every "
+                "node can reach: --rdzv-endpoint=HOST:PORT, or --master-addr=HOST "
+                f"--master-port=PORT, got {cmd!r}")
+    return None
+
+
 MAX_LR = 1.0  # far above any useful step size (AdamW: ~1e-3), far below overflow
 # Ranges that keep an update finite (an lr of 1e38 overflows the first step).
 LR_RANGE = Range(0, MAX_LR, lo_open=True)
@@ -180,9 +215,10 @@ class TrainParams:
     threads: int = checked(0, Range(0, 1024))  # torch threads on CPU; 0 = torch's default
     checkpoint_interval: int = checked(250, AT_LEAST_1)
     grad_accum: int = checked(1, AT_LEAST_1)
-    launcher: str = checked("python", Rule(  # python | torchrun --nproc_per_node=N
-        lambda cmd: cmd.split()[:1] in (["python"], ["python3"], ["torchrun"]),
-        "'python' or 'torchrun --nproc_per_node=N'"))
+    # python | torchrun --nproc_per_node=N | torchrun --nnodes=M ... (docs/more-machines.md)
+    launcher: str = checked("python", Rule(
+        lambda cmd: launcher_problem(cmd) is None,
+        "'python' or 'torchrun --nproc_per_node=N'", problem=launcher_problem))
     optimizer: Literal["adamw", "muon"] = "adamw"  # muon: the blocks' matrices; the rest AdamW
     muon_lr: float = checked(0.02, LR_RANGE)  # Muon's peak step; the schedule scales it
     init_from: str = checked("scratch", _non_empty(

@@ -71,6 +71,7 @@ class TrainRun:
     autocast: AutocastChoice
     background_run: object | None = None  # rank 0's BackgroundRun; None on the other ranks
     run_id: str | None = None
+    saved_step: int | None = None  # the step of the last checkpoint, once there is one
     unlogged: list[MetricRow] = field(default_factory=list)  # a kill kept from MLflow
     pending: list[MetricRow] = field(default_factory=list)  # evals since the last checkpoint
 
@@ -83,10 +84,14 @@ class TrainRun:
         # auto resolves per machine: the resolved dtype is part of what identifies
         # the run, so a checkpoint never resumes in another precision.
         amp = choose_autocast(device, p.train.autocast)
-        identity = {**p.flat(("model", "train")), "world_size": world.size,
+        # Not train.launcher: how the processes were started (one machine or several,
+        # which rendezvous) changes no bytes, and differs between the nodes' commands.
+        flat = {k: v for k, v in p.flat(("model", "train")).items() if k != "train.launcher"}
+        identity = {**flat, "world_size": world.size,
                     "autocast_dtype": amp.name,
                     **{f"sha256.{k}": v for k, v in data_hashes.items()},
                     "sha256.init_model": begin.source.get("model_sha256", "")}
+        distributed.agree(identity, world)  # the same params and data on every node
         ckpt_dir = repo_root() / ".gptpipe" / "checkpoints" / checkpoints.identity_key(identity)
         make_deterministic(p.train.seed)
         cfg = begin.config
@@ -98,8 +103,9 @@ class TrainRun:
         if world.size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            ddp_model = DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
+            with distributed.lost_contact(world):  # DDP starts with rank 0's weights
+                ddp_model = DistributedDataParallel(
+                    model, device_ids=[device.index] if device.type == "cuda" else None)
         trainer = Trainer(model, train_data, val_data, p.train, device, amp.dtype,
                           world=world, ddp_model=ddp_model)
         return cls(trainer, cfg, identity, ckpt_dir / "checkpoint.pt", amp, background_run)
@@ -121,17 +127,30 @@ class TrainRun:
 
     # -- resume ---------------------------------------------------------------
     def resume(self) -> bool:
-        """Continue from this run's checkpoint, if one is on disk."""
-        if not self.checkpoint.exists():
+        """Continue from this run's checkpoint, if one is on rank 0's disk: rank 0
+        alone writes checkpoints, so on several machines only its node has one, and
+        it sends it to the other ranks (a collective under DDP)."""
+        payload, problem = None, None
+        if self.world.is_main and self.checkpoint.exists():
+            try:
+                payload = checkpoints.load(self.checkpoint)
+                if payload["format"] != checkpoints.CHECKPOINT_FORMAT:
+                    raise UserError(f"{self.checkpoint}: a checkpoint of an older gptpipe "
+                                    f"({payload['format']}), refused: delete "
+                                    f"{self.checkpoint.parent} to train from step 0")
+                checkpoints.check_identity(self.checkpoint, payload["identity"],
+                                           self.identity)
+            except UserError as exc:
+                payload, problem = None, str(exc)
+        with distributed.lost_contact(self.world):
+            payload, problem = distributed.broadcast((payload, problem), self.world)
+        if problem is not None:
+            raise UserError(problem if self.world.is_main else f"rank 0: {problem}")
+        if payload is None:
             return False
-        payload = checkpoints.load(self.checkpoint)
-        if payload["format"] != checkpoints.CHECKPOINT_FORMAT:
-            raise UserError(f"{self.checkpoint}: a checkpoint of an older gptpipe "
-                            f"({payload['format']}), refused: delete "
-                            f"{self.checkpoint.parent} to train from step 0")
-        checkpoints.check_identity(self.checkpoint, payload["identity"], self.identity)
         self.trainer.load_state_dict(payload["trainer"])
         self.run_id = payload["run_id"]
+        self.saved_step = self.trainer.step
         if self.world.is_main:
             print(f"train: resuming from step {self.trainer.step} ({self.checkpoint})",
                   flush=True)
@@ -171,17 +190,26 @@ class TrainRun:
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}",
                                 refresh=False)
 
-            trainer.run(on_eval, self._save_checkpoint, should_stop, progress)
+            with distributed.lost_contact(world, self._resume_hint):
+                trainer.run(on_eval, self._save_checkpoint, should_stop, progress)
         if world.is_main and self.unlogged:  # resumed at the end: no checkpoint since
             tracker, run_id = self._tracked()
             tracker.log_missing_metrics(run_id, self.unlogged)
             self.unlogged = []
-        digests = distributed.gather(distributed.weights_digest(trainer.model), world)
+        with distributed.lost_contact(world, self._resume_hint):
+            digests = distributed.gather(distributed.weights_digest(trainer.model), world)
         if world.is_main:
             if len(set(digests)) != 1:
                 raise RuntimeError(f"ranks ended with different weights: {digests}")
             if world.size > 1:
                 print(f"train: weights identical on all {world.size} ranks ({digests[0][:12]})")
+
+    def _resume_hint(self) -> str:
+        where = "" if self.world.is_main else " (on rank 0's node)"
+        if self.saved_step is None:
+            return "no checkpoint yet: rerunning on every node starts from step 0"
+        return (f"rerun on every node: it resumes from the last checkpoint{where}, "
+                f"step {self.saved_step}")
 
     def _buffer_eval(self, row: EvalRow) -> None:
         self.pending.extend([("train_loss", row.train_loss, row.step),
@@ -192,6 +220,7 @@ class TrainRun:
     def _save_checkpoint(self, trainer: Trainer) -> None:
         state = trainer.state_dict()  # a collective under DDP: every rank takes part
         if not self.world.is_main:
+            self.saved_step = trainer.step  # rank 0 is writing it
             return
         tracker, run_id = self._tracked()  # the checkpoint names the run: wait for it
         rows = self.pending + [(k, v, s) for s, lr, loss in trainer.batch_losses
@@ -207,6 +236,7 @@ class TrainRun:
         if owed:
             tracker.log_missing_metrics(run_id, owed)
             self.unlogged = []
+        self.saved_step = trainer.step
         tracker.log_metrics(run_id, rows)
         self.pending.clear()
         trainer.batch_losses.clear()
