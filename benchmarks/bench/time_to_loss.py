@@ -83,9 +83,9 @@ def whole_val_loss_at(proj, params: dict, step: int, final_model: Path | None) -
     from gptpipe.arrays import load_tokens
     from gptpipe.distributed import World
     from gptpipe.evaluation import total_nats
-    from gptpipe.files import read_json
     from gptpipe.inference import load_model
     from gptpipe.train_run import TrainRun
+    from gptpipe.warm_start import start
 
     cpu = torch.device("cpu")
     val = load_tokens(proj.path / "data/split/val.npy")
@@ -95,7 +95,7 @@ def whole_val_loss_at(proj, params: dict, step: int, final_model: Path | None) -
     else:
         p = gp_params.from_dict(params)
         threads = torch.get_num_threads()
-        run = TrainRun.build(p, cpu, World(), None, read_json(tokenizer)["vocab_size"],
+        run = TrainRun.build(p, cpu, World(), None, start(p, tokenizer),
                              load_tokens(proj.path / "data/split/train.npy"), val, {})
         torch.set_num_threads(threads)
         while run.trainer.step < step:
