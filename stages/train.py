@@ -31,8 +31,8 @@ def main() -> None:
     from gptpipe.train_run import TrainRun, start_world, stop_on_signals
 
     device, world = start_world(p.train.device)
-    # Rank 0 alone talks to MLflow, in the background once step 1 is done (when, is
-    # tracking/background.py's): a down server or refused credentials fail here.
+    # Rank 0 alone talks to MLflow, from a low-priority process of its own (when and
+    # how, is tracking/background.py's): a down server or refused credentials fail here.
     background_run = BackgroundRun() if world.is_main else None
     data_hashes = {"train.npy": sha256_file(TRAIN), "val.npy": sha256_file(VAL),
                    "tokenizer.json": sha256_file(TOKENIZER)}
@@ -113,8 +113,9 @@ def _write_outputs(run, p, data_hashes, tracker) -> None:
     if p.mlflow.log_model:  # an MLflow model (runs:/<run_id>/model), a new registered version
         from gptpipe.tracking import registry
 
-        version = registry.log_model(tracker, run_id, MODEL, TOKENIZER, p.mlflow.registered_model,
-                                     exp_name=os.environ.get("DVC_EXP_NAME"))
+        # in the tracking process, with its tracker (tracking/process.py)
+        version = tracker.call(registry.log_model, run_id, MODEL, TOKENIZER,
+                               p.mlflow.registered_model, exp_name=os.environ.get("DVC_EXP_NAME"))
         print(f"train: logged model runs:/{run_id}/model, "
               f"registered as models:/{p.mlflow.registered_model}/{version}")
 

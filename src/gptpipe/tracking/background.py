@@ -1,19 +1,20 @@
-"""The train stage's MLflow run, opened in a background thread so training does not
-wait for MLflow's imports, the store or the server. When MLflow starts is decided
-here, and only here:
+"""The train stage's MLflow run, opened in a process of its own (tracking/process.py)
+so training neither waits for MLflow nor shares its GIL or its cores with it at
+normal priority. When MLflow starts is decided here, and only here:
 
 1. `BackgroundRun()` checks the store synchronously (one loopback request, no
    mlflow import): a down server or refused credentials stop the stage before
-   training.
-2. `open(RunSpec(...))` says what to open: data, nothing runs yet.
-3. `step_done()`, called after every training step, raises the thread's error as
-   soon as it is known; its first call starts the thread (MLflow's imports hold
-   the GIL, and would slow the first step's Python side as much as they overlap
-   it). The thread opens the store (runs.Tracker), creates the run (or reopens
-   the one a checkpoint names), logs its datasets and starts the system metrics.
-4. `get()` waits for (tracker, run_id), starting the thread if need be: the first
-   checkpoint calls it, since it stores the run id and metrics reach MLflow only
-   after it. `stage()` ends the run: FINISHED, or FAILED / KILLED.
+   training. Then it starts the tracking process, which imports MLflow and opens
+   the store at low priority (nice 10) while the train stage starts up.
+2. `open(RunSpec(...))` sends what to open: the process creates the run (or
+   reopens the one a checkpoint names), logs its params, tags and datasets and
+   starts the system metrics monitor, at low priority, while training runs.
+3. `step_done()`, called after every training step, raises the process's error
+   as soon as it is known (without waiting for it).
+4. `get()` waits for (tracker, run_id): the first checkpoint calls it, since it
+   stores the run id and metrics reach MLflow only after it. The tracker is a
+   process.RemoteTracker: runs.Tracker's methods, run in the tracking process.
+   `stage()` ends the run (FINISHED, or FAILED / KILLED) and the process.
 """
 from __future__ import annotations
 
@@ -23,8 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import StopRequested
-from .datasets import log_data_inputs
-from .runs import Tracker
+from .process import RemoteTracker, TrackerProcess, open_run, stop_monitor
 from .store import check_reachable, tracking_uri
 
 
@@ -48,90 +48,52 @@ class RunSpec:
 
 
 class BackgroundRun:
-    """An MLflow run opening in a background thread (module docstring)."""
+    """An MLflow run opening in the tracking process (module docstring)."""
 
     def __init__(self, uri: str | None = None):
-        from concurrent.futures import ThreadPoolExecutor
-
         self._uri = uri or tracking_uri()
-        # Here, not in the thread: a down server or refused credentials stop the stage
-        # before training (a loopback request, not MLflow's seconds of imports).
+        # Here, before the process: a down server or refused credentials stop the
+        # stage before training (a loopback request, not MLflow's seconds of imports).
         check_reachable(self._uri)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-start")
-        self._tracker = None  # futures, once started
-        self._run = None
-        self._spec: RunSpec | None = None
-        self._monitor = None
+        self._process = TrackerProcess(self._uri)  # imports MLflow, opens the store
+        self._tracker = RemoteTracker(self._process)
+        self._opening: int | None = None  # the open request's sequence number
 
     def open(self, spec: RunSpec) -> None:
-        """Open the run `spec` describes once started (at once if already started)."""
-        self._spec = spec
-        if self._tracker is not None:
-            self._run = self._pool.submit(self._open)
+        """Open the run `spec` describes, in the tracking process, without waiting."""
+        self._opening = self._process.submit(open_run, spec)
 
     def step_done(self) -> None:
-        """After each training step: raise the thread's error; start it after the first."""
-        self._check()
-        self._start()
+        """After each training step: raise the tracking process's error, if any."""
+        self._process.check()
 
-    def get(self) -> tuple[Tracker, str]:
-        """The tracker and the run's id, once open (started now if need be)."""
-        if self._spec is None:
+    def get(self) -> tuple[RemoteTracker, str]:
+        """The tracker and the run's id, once open."""
+        if self._opening is None:
             raise RuntimeError("BackgroundRun.get before open")
-        self._start()
-        return self._run.result()
+        return self._tracker, self._process.result(self._opening)
 
     @contextlib.contextmanager
     def stage(self) -> Iterator[None]:
         """Tracker.stage for a run still being opened: FINISHED at the end, FAILED
-        (or KILLED) if the stage fails; a run that never opened is left alone."""
+        (or KILLED) if the stage fails; a run that never opened is left alone. The
+        tracking process exits at the end either way."""
         try:
-            yield
-        except BaseException as exc:
-            opened = None
-            if self._run is not None:
-                with contextlib.suppress(Exception):
-                    opened = self._run.result()
-            if opened is not None:
-                with contextlib.suppress(Exception):
-                    self._stop_monitor()
-                stopped = isinstance(exc, (KeyboardInterrupt, StopRequested))
-                opened[0].end(opened[1], "KILLED" if stopped else "FAILED")
-            raise
-        tracker, run_id = self.get()
-        self._stop_monitor()
-        tracker.end(run_id, "FINISHED")
-
-    # -- in the thread ---------------------------------------------------------
-    def _start(self) -> None:
-        """Begin opening the store, and the run if `open` was called (idempotent)."""
-        if self._tracker is None:
-            self._tracker = self._pool.submit(Tracker, self._uri, checked=True)
-            if self._spec is not None:
-                self._run = self._pool.submit(self._open)
-
-    def _open(self) -> tuple[Tracker, str]:
-        spec, tracker = self._spec, self._tracker.result()
-        run_id = spec.run_id
-        if run_id is None:
-            tags = {**spec.tags, **tracker.parent_tags(spec.init_source, spec.experiment)}
-            run_id = tracker.create_run(spec.experiment, spec.run_name, spec.params, tags)
-            if spec.metrics:
-                tracker.log_metrics(run_id, spec.metrics)
-        tracker.reopen(run_id)
-        if spec.datasets or spec.download_report is not None:
-            log_data_inputs(tracker, run_id, spec.datasets, spec.download_report)
-        if spec.system_metrics:
-            self._monitor = tracker.system_metrics(run_id)
-            self._monitor.__enter__()
-        return tracker, run_id
-
-    def _check(self) -> None:
-        for future in (self._tracker, self._run):
-            if future is not None and future.done() and future.exception() is not None:
-                raise future.exception()
-
-    def _stop_monitor(self) -> None:
-        if self._monitor is not None:
-            monitor, self._monitor = self._monitor, None
-            monitor.__exit__(None, None, None)
+            try:
+                yield
+            except BaseException as exc:
+                opened = None
+                if self._opening is not None:
+                    with contextlib.suppress(Exception):
+                        opened = self.get()
+                if opened is not None:
+                    with contextlib.suppress(Exception):
+                        self._tracker.call(stop_monitor)
+                    stopped = isinstance(exc, (KeyboardInterrupt, StopRequested))
+                    opened[0].end(opened[1], "KILLED" if stopped else "FAILED")
+                raise
+            tracker, run_id = self.get()
+            tracker.call(stop_monitor)
+            tracker.end(run_id, "FINISHED")
+        finally:
+            self._process.close()

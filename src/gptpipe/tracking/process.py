@@ -1,0 +1,278 @@
+"""MLflow in a process of its own, beside the train stage: the training process
+never imports mlflow, so its GIL and its cores stay with training.
+
+`TrackerProcess(uri)` starts `python -c '...process import serve ...'` at once. Its
+worker thread runs at nice 10 (Linux nices threads one by one): it imports
+MLflow, opens the store, then creates or reopens the run, logs its params, tags,
+datasets, and starts the system metrics monitor, all while training, on what
+training leaves of the cores. Calls the train stage waits for (the run id at the
+first checkpoint, the end of the run, artifacts, the logged model) run in the
+process's main thread at normal priority, after everything sent before them.
+
+The parent talks to it over a socket pair (multiprocessing's Connection): each
+request is (seq, function, args, wait); each gets a reply (seq, ok, value) in
+order. `RemoteTracker` is a runs.Tracker whose methods are such requests:
+metrics are sent without waiting (an error surfaces at the next call or
+`check()`), everything else waits for its reply. `call(fn, ...)` runs
+`fn(tracker, ...)` there (fn importable by name, e.g. registry.log_model).
+
+The process ignores SIGINT and SIGTERM (the train stage, which receives them
+too, ends the run as KILLED through it) and exits when the socket closes: at
+the end of the stage, or when the train stage dies.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+LOW_PRIORITY = 10  # the nice of the worker thread: training first
+
+
+class TrackingProcessError(RuntimeError):
+    """The tracking process died, or raised something that does not pickle."""
+
+
+# -- the train stage's side ----------------------------------------------------------
+
+class TrackerProcess:
+    def __init__(self, uri: str):
+        from multiprocessing.connection import Connection
+
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        # MLflow's own threads need no torch threads (log_model's input example runs
+        # the model in there): one, not the cores training uses
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        src = str(Path(__file__).resolve().parents[2])  # this gptpipe, wherever it is
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+        self.uri = uri
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from gptpipe.tracking.process import serve; "
+             "serve(int(sys.argv[1]), sys.argv[2])", str(theirs.fileno()), uri],
+            pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        theirs.close()
+        self._conn = Connection(os.dup(ours.fileno()))
+        ours.close()
+        self._seq = 0
+        self._replies: dict[int, tuple[bool, object]] = {}
+        self._unwaited: set[int] = set()  # requests sent without waiting, not yet answered
+        self._closed = False
+
+    def submit(self, fn, *args, wait: bool = False, **kwargs) -> int:
+        """Send fn(tracker, *args, **kwargs) (fn a module-level function, or the name
+        of a Tracker method); returns its sequence number."""
+        self._check_open()
+        self._seq += 1
+        try:
+            self._conn.send((self._seq, fn, args, kwargs, wait))
+        except (OSError, EOFError):
+            raise self._died() from None
+        if not wait:
+            self._unwaited.add(self._seq)
+        return self._seq
+
+    def result(self, seq: int):
+        """Wait for request `seq`'s reply: its value, or its exception raised here."""
+        while seq not in self._replies:
+            self._receive(block=True)
+        self._raise_failed_unwaited()
+        ok, value = self._replies[seq]
+        if not ok:
+            raise value
+        return value
+
+    def call(self, fn, *args, **kwargs):
+        return self.result(self.submit(fn, *args, wait=True, **kwargs))
+
+    def check(self) -> None:
+        """Raise the error of a request sent without waiting, if it failed (no waiting)."""
+        if self._closed:
+            return
+        while self._conn.poll():
+            self._receive(block=False)
+        self._raise_failed_unwaited()
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Close the socket: the process stops the monitor if it still runs, and exits."""
+        if self._closed:
+            return
+        self._closed = True
+        self._conn.close()
+        try:
+            self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    # -- inside ----------------------------------------------------------------
+    def _receive(self, block: bool) -> None:
+        try:
+            seq, ok, value = self._conn.recv()
+        except (OSError, EOFError):
+            raise self._died() from None
+        self._replies[seq] = (ok, value)
+
+    def _raise_failed_unwaited(self) -> None:
+        for seq in sorted(self._unwaited & set(self._replies)):
+            self._unwaited.discard(seq)
+            ok, value = self._replies.pop(seq)
+            if not ok:
+                raise value
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TrackingProcessError("the MLflow tracking process was closed")
+
+    def _died(self) -> TrackingProcessError:
+        self._closed = True
+        code = self._proc.poll()
+        return TrackingProcessError(f"the MLflow tracking process exited ({code}) before "
+                                    "the stage was done; see its messages above")
+
+
+class RemoteTracker:
+    """runs.Tracker's methods, run in the tracking process (module docstring)."""
+
+    _NO_WAIT = frozenset({"log_metrics", "log_missing_metrics"})
+
+    def __init__(self, process: TrackerProcess):
+        self._process = process
+        self.uri = process.uri
+
+    def call(self, fn, *args, **kwargs):
+        """fn(the process's Tracker, *args, **kwargs), there; its value."""
+        return self._process.call(fn, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def method(*args, **kwargs):
+            if name in self._NO_WAIT:
+                self._process.submit(name, *args, **kwargs)
+                return None
+            return self._process.call(name, *args, **kwargs)
+        method.__name__ = name
+        return method
+
+
+# -- the tracking process ----------------------------------------------------------
+
+def _picklable(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - an MLflow exception with odd constructor args
+        return TrackingProcessError(f"{type(exc).__name__}: {exc}")
+
+
+def serve(fd: int, uri: str) -> None:
+    """The tracking process: answer the requests on `fd` until it closes."""
+    import queue
+    import signal
+    import threading
+    from multiprocessing.connection import Connection
+
+    # the train stage gets these too and ends the run through us: stay until it has
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    conn = Connection(fd)
+    send_lock = threading.Lock()
+    state: dict = {}
+    low: queue.Queue = queue.Queue()
+
+    def reply(seq: int, ok: bool, value) -> None:
+        with send_lock:
+            try:
+                conn.send((seq, ok, value if ok else _picklable(value)))
+            except (OSError, EOFError):
+                pass  # the train stage is gone
+
+    def run(seq: int, fn, args, kwargs) -> None:
+        try:
+            tracker = state.get("tracker")
+            if tracker is None:
+                raise state.get("error") or TrackingProcessError("no tracker")
+            target = getattr(tracker, fn) if isinstance(fn, str) else (
+                lambda *a, **k: fn(tracker, *a, **k))
+            reply(seq, True, target(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - the train stage decides
+            reply(seq, False, exc)
+
+    def worker() -> None:
+        try:  # nice this thread only: the main thread's calls, which the stage waits
+            # for, keep the normal priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOW_PRIORITY)
+        except (OSError, AttributeError):
+            pass
+        try:
+            from .runs import Tracker
+
+            state["tracker"] = Tracker(uri, checked=True)
+        except BaseException as exc:  # noqa: BLE001 - every request answers with it
+            state["error"] = exc
+        while True:
+            item = low.get()
+            try:
+                if item is None:
+                    return
+                run(*item)
+            finally:
+                low.task_done()
+
+    thread = threading.Thread(target=worker, name="mlflow-low", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                seq, fn, args, kwargs, wait = conn.recv()
+            except (OSError, EOFError):
+                break
+            if not wait:
+                low.put((seq, fn, args, kwargs))
+            else:
+                low.join()  # everything sent before it is done
+                run(seq, fn, args, kwargs)
+    finally:
+        low.join()
+        low.put(None)
+        thread.join()
+        try:  # the stage died without ending the run: stop sampling
+            stop_monitor(None)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def open_run(tracker, spec) -> str:
+    """Create the run `spec` (background.RunSpec) describes, or reopen its run_id;
+    its datasets, then the system metrics monitor (stopped by stop_monitor)."""
+    from .datasets import log_data_inputs
+
+    run_id = spec.run_id
+    if run_id is None:
+        tags = {**spec.tags, **tracker.parent_tags(spec.init_source, spec.experiment)}
+        run_id = tracker.create_run(spec.experiment, spec.run_name, spec.params, tags)
+        if spec.metrics:
+            tracker.log_metrics(run_id, spec.metrics)
+    tracker.reopen(run_id)
+    if spec.datasets or spec.download_report is not None:
+        log_data_inputs(tracker, run_id, spec.datasets, spec.download_report)
+    if spec.system_metrics:
+        monitor = tracker.system_metrics(run_id)
+        monitor.__enter__()
+        _MONITORS.append(monitor)
+    return run_id
+
+
+def stop_monitor(tracker) -> None:
+    """Stop the system metrics monitor open_run started (its last window logged)."""
+    while _MONITORS:
+        _MONITORS.pop().__exit__(None, None, None)
+
+
+_MONITORS: list = []
+
