@@ -59,27 +59,29 @@ class TrackerProcess:
         ours.close()
         self._seq = 0
         self._replies: dict[int, tuple[bool, object]] = {}
-        self._unwaited: set[int] = set()  # requests sent without waiting, not yet answered
+        self._forgotten: set[int] = set()  # sent without waiting, their value not wanted
         self._closed = False
 
-    def submit(self, fn, *args, wait: bool = False, **kwargs) -> int:
+    def submit(self, fn, *args, wait: bool = False, forget: bool = False, **kwargs) -> int:
         """Send fn(tracker, *args, **kwargs) (fn a module-level function, or the name
-        of a Tracker method); returns its sequence number."""
+        of a Tracker method); returns its sequence number, for `result`. `wait`: it
+        will be waited for at once (the process runs it at normal priority); `forget`:
+        its value is not wanted, only its error (raised by the next check or call)."""
         self._check_open()
         self._seq += 1
         try:
             self._conn.send((self._seq, fn, args, kwargs, wait))
         except (OSError, EOFError):
             raise self._died() from None
-        if not wait:
-            self._unwaited.add(self._seq)
+        if forget:
+            self._forgotten.add(self._seq)
         return self._seq
 
     def result(self, seq: int):
         """Wait for request `seq`'s reply: its value, or its exception raised here."""
         while seq not in self._replies:
             self._receive(block=True)
-        self._raise_failed_unwaited()
+        self._raise_failed_forgotten()
         ok, value = self._replies[seq]
         if not ok:
             raise value
@@ -89,12 +91,15 @@ class TrackerProcess:
         return self.result(self.submit(fn, *args, wait=True, **kwargs))
 
     def check(self) -> None:
-        """Raise the error of a request sent without waiting, if it failed (no waiting)."""
+        """Raise the error of any request answered so far, if one failed (no waiting)."""
         if self._closed:
             return
         while self._conn.poll():
             self._receive(block=False)
-        self._raise_failed_unwaited()
+        self._raise_failed_forgotten()
+        for ok, value in self._replies.values():  # kept for `result`, which raises it too
+            if not ok:
+                raise value
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Close the socket: the process stops the monitor if it still runs, and exits."""
@@ -116,9 +121,9 @@ class TrackerProcess:
             raise self._died() from None
         self._replies[seq] = (ok, value)
 
-    def _raise_failed_unwaited(self) -> None:
-        for seq in sorted(self._unwaited & set(self._replies)):
-            self._unwaited.discard(seq)
+    def _raise_failed_forgotten(self) -> None:
+        for seq in sorted(self._forgotten & set(self._replies)):
+            self._forgotten.discard(seq)
             ok, value = self._replies.pop(seq)
             if not ok:
                 raise value
@@ -153,7 +158,7 @@ class RemoteTracker:
 
         def method(*args, **kwargs):
             if name in self._NO_WAIT:
-                self._process.submit(name, *args, **kwargs)
+                self._process.submit(name, *args, forget=True, **kwargs)
                 return None
             return self._process.call(name, *args, **kwargs)
         method.__name__ = name
@@ -171,7 +176,8 @@ def _picklable(exc: BaseException) -> BaseException:
 
 
 def serve(fd: int, uri: str) -> None:
-    """The tracking process: answer the requests on `fd` until it closes."""
+    """The tracking process: answer the requests on `fd` until it closes, then exit
+    at once (everything is written by then: no interpreter teardown to wait for)."""
     import queue
     import signal
     import threading
@@ -245,6 +251,9 @@ def serve(fd: int, uri: str) -> None:
             stop_monitor(None)
         except Exception:  # noqa: BLE001
             pass
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def open_run(tracker, spec) -> str:
