@@ -4,9 +4,9 @@ checkpoint, and the metric rows it owes MLflow.
 - Resume: a checkpoint under .gptpipe/checkpoints/<hash of params, data and
   world size>/ (where DVC never deletes it) continues exactly; one from other
   params or data is refused.
-- Training starts at once: MLflow opens in the background
-  (tracking/background.py's BackgroundRun, told of every step: it starts once the
-  first is done); the first checkpoint waits for it, since it stores the run id.
+- Training starts at once: MLflow opens in a process of its own, at low priority
+  (tracking/background.py's BackgroundRun, told of every step: it raises that
+  process's error); the first checkpoint waits for it, since it stores the run id.
 - Metrics reach MLflow only once the checkpoint covering them is on disk, and the
   checkpoint keeps them too: a resumed run sends those the MLflow run lacks, so its
   history continues without gaps or duplicates.
@@ -184,7 +184,7 @@ class TrainRun:
                     if step == first_step:
                         bar.write(f"train: first step done {process_age_s():.2f} s after "
                                   "the process started")
-                    # MLflow's error, if it failed in the background; its start after step 1
+                    # MLflow's error, if it failed in its process (no waiting)
                     self.background_run.step_done()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}",
