@@ -62,7 +62,11 @@ def _run_spec(p, run, resumed: bool, data_hashes, source: dict) -> RunSpec:
     the run page's Datasets, then CPU and memory while training."""
     data = {"datasets": {"train": (TRAIN, data_hashes["train.npy"]),
                          "val": (VAL, data_hashes["val.npy"])},
-            "download_report": DOWNLOAD, "system_metrics": True}
+            "download_report": DOWNLOAD, "system_metrics": True,
+            # ready before training ends: registry.log_model's imports (torch, pandas)
+            "warm_imports": ("gptpipe.tracking.registry", "gptpipe.tracking.model_code",
+                             "gptpipe.inference", "mlflow.pyfunc", "pandas", "torch")
+            if p.mlflow.log_model else ()}
     if resumed:
         return RunSpec(p.mlflow.experiment, run_id=run.run_id, **data)
     # Only the stages before train: dvc.lock's train/evaluate/sample are the last run's.

@@ -22,6 +22,7 @@ the end of the stage, or when the train stage dies.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import socket
@@ -274,6 +275,11 @@ def open_run(tracker, spec) -> str:
         monitor = tracker.system_metrics(run_id)
         monitor.__enter__()
         _MONITORS.append(monitor)
+    for name in spec.warm_imports:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass  # the call that needs it says so
     return run_id
 
 
