@@ -13,7 +13,8 @@ from gptpipe.arrays import load_tokens
 from gptpipe.errors import run_main
 from gptpipe.files import read_json, sha256_file, write_json
 from gptpipe.lineage import git_state, stage_hashes
-from gptpipe.reporting import history_csv, losses_csv, write_loss_curve, write_text
+from gptpipe.reporting import history_csv, losses_csv, write_text
+from gptpipe.tracking import process
 from gptpipe.tracking.background import BackgroundRun, RunSpec
 
 TRAIN, VAL = Path("data/split/train.npy"), Path("data/split/val.npy")
@@ -63,10 +64,12 @@ def _run_spec(p, run, resumed: bool, data_hashes, source: dict) -> RunSpec:
     data = {"datasets": {"train": (TRAIN, data_hashes["train.npy"]),
                          "val": (VAL, data_hashes["val.npy"])},
             "download_report": DOWNLOAD, "system_metrics": True,
-            # ready before training ends: registry.log_model's imports (torch, pandas)
-            "warm_imports": ("gptpipe.tracking.registry", "gptpipe.tracking.model_code",
-                             "gptpipe.inference", "mlflow.pyfunc", "pandas", "torch")
-            if p.mlflow.log_model else ()}
+            # ready before training ends: the loss chart's matplotlib, and
+            # registry.log_model's imports (torch, pandas)
+            "warm_imports": ("gptpipe.reporting", "matplotlib.pyplot") + (
+                ("gptpipe.tracking.registry", "gptpipe.tracking.model_code",
+                 "gptpipe.inference", "mlflow.pyfunc", "pandas", "torch")
+                if p.mlflow.log_model else ())}
     if resumed:
         return RunSpec(p.mlflow.experiment, run_id=run.run_id, **data)
     # Only the stages before train: dvc.lock's train/evaluate/sample are the last run's.
@@ -106,7 +109,10 @@ def _write_outputs(run, p, data_hashes, tracker) -> None:
                          "model": cfg.as_dict()})
     write_text(LOSSES, losses_csv(trainer.history))
     write_text(HISTORY, history_csv(trainer.history))
-    write_loss_curve(trainer.history, CURVE, f"{cfg.kind}: {count_params(trainer.model):,} params")
+    # drawn in the tracking process, where matplotlib was imported while training ran
+    tracker.call(process.write_loss_curve,
+                 [(r.step, r.train_loss, r.val_loss) for r in trainer.history], CURVE,
+                 f"{cfg.kind}: {count_params(trainer.model):,} params")
     write_json(RUN_REF, {"run_id": run_id, "experiment": p.mlflow.experiment})
     tracker.log_best_val(run_id, best.val_loss, best.step)
     # Content-addressed lineage: a later init_from path to these bytes finds this run.

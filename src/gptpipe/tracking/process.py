@@ -47,7 +47,7 @@ class TrackerProcess:
         env = dict(os.environ)
         # MLflow's own threads need no torch threads (log_model's input example runs
         # the model in there): one, not the cores training uses
-        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
         src = str(Path(__file__).resolve().parents[2])  # this gptpipe, wherever it is
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         self.uri = uri
@@ -281,6 +281,18 @@ def open_run(tracker, spec) -> str:
         except ImportError:
             pass  # the call that needs it says so
     return run_id
+
+
+def write_loss_curve(tracker, rows: list[tuple[int, float, float]], path, title: str) -> None:
+    """reporting.write_loss_curve, here: matplotlib's import (warmed at low priority
+    while training ran) and the drawing stay out of the train stage's process.
+    `rows` are (step, train_loss, val_loss)."""
+    from types import SimpleNamespace
+
+    from ..reporting import write_loss_curve as write
+
+    write([SimpleNamespace(step=s, train_loss=t, val_loss=v) for s, t, v in rows],
+          Path(path), title)
 
 
 def stop_monitor(tracker) -> None:
