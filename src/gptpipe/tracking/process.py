@@ -10,7 +10,7 @@ first checkpoint, the end of the run, artifacts, the logged model) run in the
 process's main thread at normal priority, after everything sent before them.
 
 The parent talks to it over a socket pair (multiprocessing's Connection): each
-request is (seq, function, args, wait); each gets a reply (seq, ok, value) in
+request is (seq, wait, pickled (function, args)); each gets a reply (seq, ok, value) in
 order. `RemoteTracker` is a runs.Tracker whose methods are such requests:
 metrics are sent without waiting (an error surfaces at the next call or
 `check()`), everything else waits for its reply. `call(fn, ...)` runs
@@ -71,7 +71,8 @@ class TrackerProcess:
         self._check_open()
         self._seq += 1
         try:
-            self._conn.send((self._seq, fn, args, kwargs, wait))
+            # the call pickled apart: one the process cannot unpickle fails alone
+            self._conn.send((self._seq, wait, pickle.dumps((fn, args, kwargs))))
         except (OSError, EOFError):
             raise self._died() from None
         if forget:
@@ -199,8 +200,9 @@ def serve(fd: int, uri: str) -> None:
             except (OSError, EOFError):
                 pass  # the train stage is gone
 
-    def run(seq: int, fn, args, kwargs) -> None:
+    def run(seq: int, payload: bytes) -> None:
         try:
+            fn, args, kwargs = pickle.loads(payload)
             tracker = state.get("tracker")
             if tracker is None:
                 raise state.get("error") or TrackingProcessError("no tracker")
@@ -236,14 +238,14 @@ def serve(fd: int, uri: str) -> None:
     try:
         while True:
             try:
-                seq, fn, args, kwargs, wait = conn.recv()
+                seq, wait, payload = conn.recv()
             except (OSError, EOFError):
                 break
             if not wait:
-                low.put((seq, fn, args, kwargs))
+                low.put((seq, payload))
             else:
                 low.join()  # everything sent before it is done
-                run(seq, fn, args, kwargs)
+                run(seq, payload)
     finally:
         low.join()
         low.put(None)

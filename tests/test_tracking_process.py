@@ -1,0 +1,64 @@
+"""The train stage's MLflow process (gptpipe.tracking.process): the run it opens, the
+calls it runs for the stage, its errors raised in the stage, its exit at the end."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from gptpipe.errors import UserError
+from gptpipe.tracking import process
+from gptpipe.tracking.background import BackgroundRun, RunSpec
+
+
+def fails(tracker, message: str) -> None:
+    raise UserError(message)
+
+
+def test_run_opened_there_logged_to_and_ended(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    background = BackgroundRun(uri)
+    background.open(RunSpec("exp", params={"train.lr": 0.01}, tags={"t": "x"},
+                            metrics=(("m", 1.5, 0),), system_metrics=True,
+                            warm_imports=("gptpipe.reporting",)))
+    with background.stage():
+        deadline = time.time() + 120
+        while not background._process._replies and time.time() < deadline:
+            background.step_done()  # may take the open's reply: get() must still have it
+            time.sleep(0.05)
+        tracker, run_id = background.get()
+        assert background.get()[1] == run_id
+        tracker.log_metrics(run_id, [("val_loss", 2.0, 10)])  # not waited for
+        tracker.call(process.write_loss_curve, [(0, 4.0, 4.1), (10, 3.0, 3.2)],
+                     tmp_path / "curve.png", "title")
+        with pytest.raises(UserError, match="MLflow run no-such-run not found"):
+            tracker.reopen("no-such-run")  # its error raised here, as itself
+        with pytest.raises(Exception, match="test_tracking_process"):
+            tracker.call(fails, "x")  # a function the process cannot import: that call fails
+        assert tracker.call(process.stop_monitor) is None  # and the process goes on
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    background._process._proc.wait(timeout=30)  # it exits once the stage is done
+
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"train.lr": "0.01"} and run.data.tags["t"] == "x"
+    assert run.data.metrics["m"] == 1.5 and run.data.metrics["val_loss"] == 2.0
+    assert any(k.startswith("system/") for k in run.data.metrics)
+
+
+def test_a_failed_metric_write_is_raised_by_the_next_step(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    background = BackgroundRun(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    background.open(RunSpec("exp"))
+    with pytest.raises(Exception):
+        with background.stage():
+            tracker, run_id = background.get()
+            tracker.log_metrics("no-such-run", [("x", 1.0, 1)])
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                background.step_done()
+                time.sleep(0.05)
