@@ -152,6 +152,7 @@ def test_every_choice_key_is_a_literal_the_check_uses():
         "train.device": ("auto", "cpu", "cuda", "mps"),
         "train.autocast": ("auto", "bf16", "off"),
         "train.optimizer": ("adamw", "muon"),
+        "train.keep": ("best", "last"),
     }
     for key, allowed in choice_keys().items():  # the message lists the Literal's choices
         section, name = key.split(".")
