@@ -36,9 +36,11 @@ def load_model(model_path: str | Path, tokenizer_path: str | Path | None = None,
 
 
 def _legacy_tokenizer(model_path: Path, payload: dict, tokenizer_path) -> Path:
-    """A gptpipe 0.1.x model file names its tokenizer only by path and sha256."""
+    """A gptpipe 0.1.x model file names its tokenizer only by path and sha256: the
+    one given, else a tokenizer.json beside it, else that path."""
     ref = payload["tokenizer"]
-    tokenizer_path = Path(tokenizer_path or ref["path"])
+    beside = model_path.parent / "tokenizer.json"
+    tokenizer_path = Path(tokenizer_path or (beside if beside.is_file() else ref["path"]))
     if not tokenizer_path.exists():
         raise UserError(f"{tokenizer_path}: the tokenizer of {model_path} (a "
                         f"{checkpoints.LEGACY_MODEL_FORMATS[payload['format']]} model file, "
