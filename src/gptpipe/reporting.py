@@ -59,6 +59,9 @@ def save_loss_chart(fig, ax, path: Path, title: str) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    if len(fig.axes) > 1:  # panels below share the step axis, labelled at the bottom
+        ax.set_xlabel("")
+        fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})
     plt.close(fig)
@@ -67,7 +70,7 @@ def save_loss_chart(fig, ax, path: Path, title: str) -> None:
 
 def write_loss_curve(rows, path: Path, title: str) -> None:
     """The losses, and below them the gradient norm before clipping (mean and max
-    over each eval interval, log scale), when the rows carry it."""
+    over each eval interval), when the rows carry it."""
     health = [r for r in rows if getattr(r, "grad_norm_mean", None) is not None]
     fig, axes = loss_axes((6, 6) if health else (6, 4), rows=2 if health else 1)
     ax = axes[0] if health else axes
@@ -80,12 +83,11 @@ def write_loss_curve(rows, path: Path, title: str) -> None:
         grad.plot(at, [r.grad_norm_mean for r in health], label="mean", color="tab:green")
         grad.plot(at, [r.grad_norm_max for r in health], "--", label="max", color="tab:green",
                   alpha=0.6)
-        grad.set_yscale("log")
+        grad.set_ylim(bottom=0)
         grad.set_xlabel("step")
         grad.set_ylabel("grad norm")
         grad.grid(alpha=0.3)
         grad.legend(fontsize="small")
-        fig.tight_layout()
     save_loss_chart(fig, ax, path, title)
 
 
