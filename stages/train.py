@@ -1,4 +1,5 @@
-"""train: fit the model on data/split/, log the run to MLflow, write models/model.pt.
+"""train: fit the model on data/split/, log the run to MLflow, write models/model.pt
+(the best eval's weights, or the last: train.keep; its tokenizer inside).
 
 Resumes exactly from the checkpoint of an interrupted run with the same params
 and data; MLflow gets the metrics a checkpoint covers (gptpipe/train_run.py).
@@ -86,17 +87,25 @@ def _write_outputs(run, p, data_hashes, tracker) -> None:
     from gptpipe.model import count_params
 
     trainer, cfg, run_id = run.trainer, run.config, run.run_id
-    state = {k: v.detach().cpu().float().contiguous() for k, v in trainer.model.state_dict().items()}
-    checkpoints.save(MODEL, {
-        "format": checkpoints.MODEL_FORMAT, "model_config": cfg.as_dict(), "state_dict": state,
-        "tokenizer": {"path": TOKENIZER.as_posix(), "sha256": data_hashes["tokenizer.json"]},
-        "step": trainer.step})
+    # train.keep: the weights of the eval with the lowest val loss (best), or the last
+    kept = trainer.kept_step
+    state = {k: v.detach().cpu().float().contiguous()
+             for k, v in trainer.kept_state_dict().items()}
+    checkpoints.save(MODEL, checkpoints.model_payload(
+        cfg.as_dict(), state, TOKENIZER, step=kept, keep=p.train.keep,
+        trained_steps=trainer.step))
     last = trainer.history[-1]
     best = min(trainer.history, key=lambda row: (row.val_loss, row.step))
+    stop = trainer.early_stop
     write_json(SUMMARY, {"parameters": count_params(trainer.model), "steps": trainer.step,
                          "final_train_loss": round(last.train_loss, 6),
                          "final_val_loss": round(last.val_loss, 6),
                          "best_val_loss": round(best.val_loss, 6), "best_val_step": best.step,
+                         # which step's weights models/model.pt holds, and why
+                         "keep": p.train.keep, "kept_step": kept,
+                         "early_stop": None if stop is None else {
+                             "step": stop.step, "patience": stop.patience,
+                             "min_delta": stop.min_delta, "kept_step": stop.kept_step},
                          # train.autocast auto depends on the machine: say what it chose
                          "autocast": run.autocast.name,
                          "model": cfg.as_dict()})
@@ -105,6 +114,10 @@ def _write_outputs(run, p, data_hashes, tracker) -> None:
     write_loss_curve(trainer.history, CURVE, f"{cfg.kind}: {count_params(trainer.model):,} params")
     write_json(RUN_REF, {"run_id": run_id, "experiment": p.mlflow.experiment})
     tracker.log_best_val(run_id, best.val_loss, best.step)
+    tracker.set_tags(run_id, {"gptpipe.kept_step": str(kept), "gptpipe.keep": p.train.keep})
+    if stop is not None:
+        tracker.set_tags(run_id, {"gptpipe.early_stop": stop.message()})
+        tracker.log_metrics(run_id, [("early_stop_step", stop.step, stop.step)])
     # Content-addressed lineage: a later init_from path to these bytes finds this run.
     tracker.set_tags(run_id, {"gptpipe.model_sha256": sha256_file(MODEL)})
     tracker.log_artifact(run_id, CURVE, "plots")

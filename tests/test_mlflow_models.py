@@ -18,6 +18,7 @@ import yaml
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
+import gptpipe
 from conftest import BIN, env_for, make_project, run, tiny_text
 from servers import _stop_group
 from test_mlflow_server import free_port
@@ -220,7 +221,7 @@ def test_a_model_of_another_format_names_the_gptpipe_version_it_needs(trained, m
     assert code != 0 and out == ""
     assert err.strip() == (
         f"gptpipe: error: {folder}: gptpipe model format 2 (logged by gptpipe 9.9.9); "
-        "this gptpipe 0.1.0 reads format 1: install gptpipe 9.9.9 to load it")
+        f"this gptpipe {gptpipe.__version__} reads format 1: install gptpipe 9.9.9 to load it")
     loaded = run([sys.executable, "-c", LOAD_WITHOUT_PICKLE, str(folder), "{}", "\n"], trained,
                  check=False)
     assert loaded.returncode != 0 and "install gptpipe 9.9.9 to load it" in loaded.stderr

@@ -152,6 +152,7 @@ def test_every_choice_key_is_a_literal_the_check_uses():
         "train.device": ("auto", "cpu", "cuda", "mps"),
         "train.autocast": ("auto", "bf16", "off"),
         "train.optimizer": ("adamw", "muon"),
+        "train.keep": ("best", "last"),
     }
     for key, allowed in choice_keys().items():  # the message lists the Literal's choices
         section, name = key.split(".")
@@ -168,7 +169,8 @@ def test_the_ranges_params_yaml_states_are_read_and_each_is_its_fields():
     assert stated == {"data.timeout_s", "data.retries", "clean.max_replaced_fraction",
                       "split.train_fraction", "split.max_val_overlap", "model.dropout",
                       "train.lr", "train.weight_decay", "train.beta1", "train.beta2",
-                      "train.grad_clip", "train.threads", "sample.temperature",
+                      "train.grad_clip", "train.threads", "train.early_stop_patience",
+                      "train.early_stop_min_delta", "train.peak_gflops", "sample.temperature",
                       "sample.top_p"}
     assert not range_problems(comments)
     assert comment_range("in (0, 1]; 1.0 = off") == (0, 1, True, False)

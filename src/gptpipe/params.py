@@ -223,6 +223,10 @@ class TrainParams:
     muon_lr: float = checked(0.02, LR_RANGE)  # Muon's peak step; the schedule scales it
     init_from: str = checked("scratch", _non_empty(
         "scratch, a model file, runs:/<id>/model or models:/<name>@<alias>"))
+    keep: Literal["best", "last"] = "best"  # the weights shipped: lowest val loss, or the last
+    early_stop_patience: int = checked(0, Range(0, 1_000_000))  # evals; 0 = off
+    early_stop_min_delta: float = checked(0.0, Range(0, 1e6))  # nats an eval must gain
+    peak_gflops: float = checked(0.0, Range(0, 1e9))  # the device's peak, for MFU; 0 = unknown
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ from .training import EvalRow, Trainer
 from .warm_start import Start
 
 MetricRow = tuple[str, float, int]  # (key, value, step)
+# EvalRow's fields logged as metrics beside the losses, at each eval's step
+HEALTH_METRICS = ("grad_norm_mean", "grad_norm_max", "clipped_fraction", "gflops_per_s", "mfu")
 
 
 def start_world(device_name: str) -> tuple[torch.device, World]:
@@ -192,6 +194,8 @@ class TrainRun:
 
             with distributed.lost_contact(world, self._resume_hint):
                 trainer.run(on_eval, self._save_checkpoint, should_stop, progress)
+        if world.is_main and trainer.early_stop is not None:
+            print(f"train: {trainer.early_stop.message()}", flush=True)
         if world.is_main and self.unlogged:  # resumed at the end: no checkpoint since
             tracker, run_id = self._tracked()
             tracker.log_missing_metrics(run_id, self.unlogged)
@@ -216,6 +220,9 @@ class TrainRun:
                              ("val_loss", row.val_loss, row.step)])
         if row.step:
             self.pending.append(("tokens_per_s", row.tokens_per_s, row.step))
+        # the interval's training health (None at step 0, mfu without train.peak_gflops)
+        self.pending.extend((key, getattr(row, key), row.step) for key in HEALTH_METRICS
+                            if getattr(row, key) is not None)
 
     def _save_checkpoint(self, trainer: Trainer) -> None:
         state = trainer.state_dict()  # a collective under DDP: every rank takes part
