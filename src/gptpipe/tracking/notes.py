@@ -35,8 +35,9 @@ def run_name(p) -> str:
     params that differ from gptpipe's defaults ("lr=3e-3 seed=2"), or "baseline"."""
     from ..params import Params
 
-    sections = ("train", "model")  # train first: lr, seed, max_iters are what sweeps change
-    ours, defaults = p.flat(sections), Params().flat(sections)
+    # train first: lr, seed, max_iters are what sweeps change
+    ours = {**p.flat(("train",)), **p.flat(("model",))}
+    defaults = Params().flat(("train", "model"))
     keys = [k for k in ours if k not in _NOT_IN_NAME and ours[k] != defaults.get(k)]
     if not keys:
         return "baseline"
