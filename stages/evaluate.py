@@ -7,7 +7,10 @@ from pathlib import Path
 from gptpipe import params, tokenizers
 from gptpipe.arrays import load_tokens
 from gptpipe.errors import run_main
-from gptpipe.files import write_json
+from gptpipe.files import sha256_file, write_json
+from gptpipe.tracking.datasets import dataset_digest
+from gptpipe.tracking.notes import describe
+from gptpipe.tracking.registry import promote, shipped_model_id
 from gptpipe.tracking.runs import Tracker, read_run_ref
 
 TRAIN, VAL = Path("data/split/train.npy"), Path("data/split/val.npy")
@@ -19,7 +22,8 @@ METRICS = Path("reports/metrics.json")
 
 def main() -> None:
     p = params.load()
-    run_id = read_run_ref(RUN_REF)["run_id"]
+    ref = read_run_ref(RUN_REF)
+    run_id = ref["run_id"]
     tracker = Tracker()
     from gptpipe.devices import choose_autocast
     from gptpipe.evaluation import split_metrics, total_nats
@@ -44,15 +48,19 @@ def main() -> None:
             print(f"evaluate: {split}: loss {metrics[split]['loss']:.4f}, "
                   f"bits/char {metrics[split]['bits_per_char']:.4f}", flush=True)
         write_json(METRICS, metrics)
-        tracker.log_metrics(run_id, [(f"{split}.{key}", value, 0)
-                                     for split, values in metrics.items()
-                                     for key, value in values.items()])
+        # on the run, and on its shipped LoggedModel (the Models tab ranks by them),
+        # each split's metrics measured on that split's dataset
+        model_id = shipped_model_id(tracker, ref)
+        for split, path in (("val", VAL), ("train", TRAIN)):
+            tracker.log_metrics(run_id, [(f"{split}.{key}", value, 0)
+                                         for key, value in metrics[split].items()],
+                                model_id=model_id,
+                                dataset=(split, dataset_digest(sha256_file(path))))
         tracker.log_artifact(run_id, METRICS, "metrics")
-        from gptpipe.tracking.registry import promote
-
         outcome = promote(tracker, run_id, metrics["val"]["bits_per_char"])
         if outcome:
             print(f"evaluate: {outcome}")
+        describe(tracker, run_id)
 
 
 if __name__ == "__main__":

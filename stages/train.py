@@ -15,7 +15,9 @@ from gptpipe.errors import run_main
 from gptpipe.files import read_json, sha256_file, write_json
 from gptpipe.lineage import git_state, stage_hashes
 from gptpipe.reporting import history_csv, losses_csv, write_loss_curve, write_text
+from gptpipe.tracking import notes
 from gptpipe.tracking.background import BackgroundRun, RunSpec
+from gptpipe.tracking.store import retry_locked
 
 TRAIN, VAL = Path("data/split/train.npy"), Path("data/split/val.npy")
 TOKENIZER = Path("data/tokens/tokenizer.json")
@@ -48,6 +50,8 @@ def main() -> None:
         background_run.open(_run_spec(p, run, resumed, data_hashes, begin.source))
         print(f"train: {run.describe()}", flush=True)
 
+    if world.is_main and p.mlflow.log_checkpoints:
+        run.on_eval_main = lambda row: _keep_eval_weights(run, data_hashes, row.step)
     should_stop = stop_on_signals()
     with background_run.stage() if world.is_main else contextlib.nullcontext():
         run.train(should_stop)
@@ -55,6 +59,9 @@ def main() -> None:
             tracker, run.run_id = background_run.get()
             print(f"train: MLflow run {run.run_id}", flush=True)
             _write_outputs(run, p, data_hashes, tracker)
+            _log_model_and_describe(run, p, tracker)
+            if p.mlflow.log_checkpoints:
+                _log_eval_weights(run, tracker)
     run.close()
 
 
@@ -79,7 +86,8 @@ def _run_spec(p, run, resumed: bool, data_hashes, source: dict) -> RunSpec:
     overlap = read_json(SPLIT_REPORT).get("val_in_train", {}) if SPLIT_REPORT.exists() else {}
     metrics = (("data.val_in_train", overlap["share"], 0),) if "share" in overlap else ()
     # the parent's tags (a fine-tune's init_from) are looked up in MLflow, in the background
-    return RunSpec(p.mlflow.experiment, run_name=os.environ.get("DVC_EXP_NAME"), params=flat,
+    run_name = os.environ.get("DVC_EXP_NAME") or notes.run_name(p)  # "lr=3e-3", "baseline"
+    return RunSpec(p.mlflow.experiment, run_name=run_name, params=flat,
                    tags=tags, init_source=source, metrics=metrics, **data)
 
 
@@ -112,7 +120,6 @@ def _write_outputs(run, p, data_hashes, tracker) -> None:
     write_text(LOSSES, losses_csv(trainer.history))
     write_text(HISTORY, history_csv(trainer.history))
     write_loss_curve(trainer.history, CURVE, f"{cfg.kind}: {count_params(trainer.model):,} params")
-    write_json(RUN_REF, {"run_id": run_id, "experiment": p.mlflow.experiment})
     tracker.log_best_val(run_id, best.val_loss, best.step)
     tracker.set_tags(run_id, {"gptpipe.kept_step": str(kept), "gptpipe.keep": p.train.keep})
     if stop is not None:
@@ -123,13 +130,70 @@ def _write_outputs(run, p, data_hashes, tracker) -> None:
     tracker.log_artifact(run_id, CURVE, "plots")
     tracker.log_artifact(run_id, HISTORY, "history")
     tracker.log_artifact(run_id, TOKENIZER, "tokenizer")
+
+
+def _log_model_and_describe(run, p, tracker) -> None:
+    """The shipped weights as an MLflow 3 LoggedModel at their step (train.json's
+    kept_step, else the last), registered; its id in reports/mlflow_run.json for
+    evaluate (like the run id: MLflow's, not a function of deps and params); the
+    run's Description (tracking/notes.py)."""
+    from gptpipe.model import count_params
+
+    run_id, summary = run.run_id, read_json(SUMMARY)
+    kept_step = int(summary.get("kept_step", run.trainer.step))
+    ref = {"run_id": run_id, "experiment": p.mlflow.experiment}
     if p.mlflow.log_model:  # an MLflow model (runs:/<run_id>/model), a new registered version
         from gptpipe.tracking import registry
 
-        version = registry.log_model(tracker, run_id, MODEL, TOKENIZER, p.mlflow.registered_model,
-                                     exp_name=os.environ.get("DVC_EXP_NAME"))
-        print(f"train: logged model runs:/{run_id}/model, "
-              f"registered as models:/{p.mlflow.registered_model}/{version}")
+        logged = registry.log_model(tracker, run_id, MODEL, TOKENIZER, p.mlflow.registered_model,
+                                    exp_name=os.environ.get("DVC_EXP_NAME"), step=kept_step)
+        ref["model_id"] = logged.model_id
+        print(f"train: logged model runs:/{run_id}/model (models:/{logged.model_id}, step "
+              f"{kept_step}), registered as models:/{p.mlflow.registered_model}/{logged.version}")
+    write_json(RUN_REF, ref)
+    split = read_json(SPLIT_REPORT) if SPLIT_REPORT.exists() else {}
+    download = read_json(DOWNLOAD) if DOWNLOAD.exists() else {}
+    facts = {notes.PARAMETERS_TAG: count_params(run.trainer.model),
+             notes.KEPT_STEP_TAG: kept_step,
+             notes.SOURCE_TAG: download.get("source", "unknown")}
+    if "train_tokens" in split:
+        facts[notes.TOKENS_TAG] = (f"{split['train_tokens']:,} train + "
+                                   f"{split['val_tokens']:,} val")
+    notes.describe(tracker, run_id, facts)
+
+
+# -- mlflow.log_checkpoints: each eval step's weights as a LoggedModel ---------------
+
+def _eval_weights(run) -> list[tuple[int, Path]]:
+    """The eval steps' weights kept so far, by step (beside the checkpoint: a resumed
+    train still has those from before the stop)."""
+    found = [(int(path.stem.split("-")[1]), path)
+             for path in run.checkpoint.parent.glob("eval-*.pt")]
+    return sorted(found)
+
+
+def _keep_eval_weights(run, data_hashes, step: int) -> None:
+    model = run.trainer.model
+    state = {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()}
+    checkpoints.save(run.checkpoint.parent / f"eval-{step}.pt", {
+        "format": checkpoints.MODEL_FORMAT, "model_config": run.config.as_dict(),
+        "state_dict": state, "step": step,
+        "tokenizer": {"path": TOKENIZER.as_posix(), "sha256": data_hashes["tokenizer.json"]}})
+
+
+def _log_eval_weights(run, tracker) -> None:
+    """Each eval step's weights as a LoggedModel `checkpoint-<step>` of the run, at that
+    step (so with that step's val_loss and train_loss); not registered."""
+    from gptpipe.tracking import registry
+
+    outputs = retry_locked(tracker.client.get_run, run.run_id).outputs
+    have = {retry_locked(tracker.client.get_logged_model, o.model_id).name
+            for o in (outputs.model_outputs if outputs else [])}
+    for step, path in _eval_weights(run):
+        if f"checkpoint-{step}" not in have:  # a rerun after a kill: not twice
+            registry.log_model(tracker, run.run_id, path, TOKENIZER, None, step=step,
+                               name=f"checkpoint-{step}")
+    print(f"train: logged {len(_eval_weights(run))} eval steps' weights as MLflow models")
 
 
 def _raw_corpus_sha256() -> str:

@@ -141,6 +141,36 @@ def test_train_logs_a_registered_model_from_code_with_its_weights_and_tokenizer(
 
 
 @pytest.mark.slow
+def test_the_shipped_model_is_a_logged_model_at_its_step_with_evaluates_metrics(trained):
+    """MLflow 3: the LoggedModel's step is the kept weights' (train.json), its metrics are
+    that step's val_loss and evaluate's, each on its dataset, so the Models tab and
+    search_logged_models rank models by val bits/char; descriptions on the registry."""
+    client, run_id = _client(trained), _run_id(trained)
+    ref = json.loads((trained / "reports/mlflow_run.json").read_text())
+    (output,) = client.get_run(run_id).outputs.model_outputs
+    train = json.loads((trained / "reports/train.json").read_text())
+    assert output.model_id == ref["model_id"]
+    assert output.step == train.get("kept_step", train["steps"])
+    model = client.get_logged_model(ref["model_id"])
+    metrics = {(m.key, m.dataset_name): m for m in model.metrics}
+    evaluated = json.loads((trained / "reports/metrics.json").read_text())
+    val_digest = _sha256(trained / "data/split/val.npy")[:12]
+    assert metrics["val.bits_per_char", "val"].value == evaluated["val"]["bits_per_char"]
+    assert metrics["val.bits_per_char", "val"].dataset_digest == val_digest
+    assert metrics["train.loss", "train"].value == evaluated["train"]["loss"]
+    assert metrics["val_loss", None].step == output.step
+    found = client.search_logged_models(
+        experiment_ids=[model.experiment_id],
+        order_by=[{"field_name": "metrics.val.bits_per_char", "ascending": True}])
+    assert [m.model_id for m in found] == [ref["model_id"]]
+    version = client.get_model_version("gptpipe", "1")
+    note = client.get_run(run_id).data.tags["mlflow.note.content"]
+    assert version.description == note and "**val bits/char**" in note
+    assert "**Sample**" in note and "**Weights**: step" in note
+    assert client.get_registered_model("gptpipe").description
+
+
+@pytest.mark.slow
 def test_the_model_loads_without_unpickling_and_matches_gptpipe_sample(trained, monkeypatch,
                                                                       capsys):
     run_id = _run_id(trained)

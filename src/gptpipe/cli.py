@@ -4,6 +4,7 @@
     gptpipe sample --model models:/gptpipe@champion    ... or from a registered one
     gptpipe lineage RUN_ID               how to get back the code and data of a run
     gptpipe runs --sort val.bits_per_char  compare the MLflow runs as a table
+    gptpipe ui [--port 5000]             MLflow's UI on the runs, in its Model training view
     gptpipe init --update                re-resolve train.init_from (a moved alias)
     gptpipe ci report STATE --base REV   CI's job summary (scripts/ci_retrain.sh)
 """
@@ -144,6 +145,17 @@ def _runs(args: argparse.Namespace) -> None:
         print(runs_table.to_text(table))
 
 
+def _ui(args: argparse.Namespace) -> None:
+    from . import params as params_mod
+    from .tracking.ui import ui
+
+    settings = params_mod.load(args.params).mlflow if Path(args.params).exists() else None
+    experiment = args.experiment or getattr(settings, "experiment", "gptpipe")
+    code = ui(args.port, experiment)
+    if code:
+        raise UserError(f"ui: mlflow server exited with status {code}")
+
+
 def _init(args: argparse.Namespace) -> None:
     """`dvc update` for train.init_from: drop the pin in source.json and rerun the
     init stage alone, which then resolves the alias (or re-reads the file) as it is
@@ -223,6 +235,16 @@ def main(argv: list[str] | None = None) -> None:
     output.add_argument("--csv", action="store_true", help="CSV (full precision, run ids)")
     output.add_argument("--markdown", action="store_true", help="a markdown table")
     runs.set_defaults(func=_runs)
+    ui = commands.add_parser(
+        "ui", help="MLflow's UI on this project's runs, opened in the Model training view",
+        description="Starts `mlflow server` on the project's store (mlflow.db) on "
+                    "127.0.0.1 and prints the link to the experiment in the Model training "
+                    "view; with MLFLOW_TRACKING_URI set to a server, prints its link only.")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--experiment", default=None,
+                    help="MLflow experiment (default: params.yaml mlflow.experiment)")
+    ui.add_argument("--params", default="params.yaml", help="where the defaults come from")
+    ui.set_defaults(func=_ui)
     init = commands.add_parser(
         "init", help="re-resolve train.init_from (an alias that moved, a rewritten file)",
         description="The init stage pins what train.init_from resolved to in "

@@ -252,6 +252,7 @@ class SampleParams:
 class MlflowParams:
     experiment: str = checked("gptpipe", _non_empty("a non-empty name"))
     log_model: bool = True           # log the trained model as an MLflow model
+    log_checkpoints: bool = False    # also each eval step's weights, as a LoggedModel
     registered_model: str = checked("gptpipe", Rule(  # each logged model: a new version
         lambda name: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None,
         "a name of letters, digits, '_', '.', '-'"))

@@ -76,6 +76,7 @@ class TrainRun:
     saved_step: int | None = None  # the step of the last checkpoint, once there is one
     unlogged: list[MetricRow] = field(default_factory=list)  # a kill kept from MLflow
     pending: list[MetricRow] = field(default_factory=list)  # evals since the last checkpoint
+    on_eval_main: Callable[[EvalRow], None] | None = None  # rank 0, after each eval
 
     @classmethod
     def build(cls, p: Params, device: torch.device, world: World, background_run,
@@ -177,6 +178,8 @@ class TrainRun:
                   mininterval=1.0, dynamic_ncols=True, disable=not world.is_main) as bar:
             def on_eval(row: EvalRow) -> None:
                 self._buffer_eval(row)
+                if world.is_main and self.on_eval_main is not None:
+                    self.on_eval_main(row)
                 if world.is_main:
                     bar.write(f"step {row.step:>6}: train {row.train_loss:.4f}, "
                               f"val {row.val_loss:.4f}")

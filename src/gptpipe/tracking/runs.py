@@ -119,11 +119,19 @@ class Tracker:
         if changed:
             retry_locked(self.client.log_batch, run_id, tags=changed)
 
-    def log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
+    def log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]],
+                    model_id: str | None = None,
+                    dataset: tuple[str, str] | None = None) -> None:
+        """Log (key, value, step) rows to the run; with `model_id`, to that MLflow 3
+        LoggedModel too (the experiment's Models tab, search_logged_models), measured
+        on `dataset` ((name, digest), as the run's dataset inputs name it)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), now, int(step)) for key, value, step in rows]
+        name, digest = dataset or (None, None)
+        metrics = [Metric(key, float(value), now, int(step), model_id=model_id,
+                          dataset_name=name, dataset_digest=digest)
+                   for key, value, step in rows]
         for i in range(0, len(metrics), 1000):
             retry_locked(self.client.log_batch, run_id, metrics=metrics[i:i + 1000])
 
