@@ -51,14 +51,14 @@ def main() -> None:
         print(f"train: {run.describe()}", flush=True)
 
     if world.is_main and p.mlflow.log_checkpoints:
-        run.on_eval_main = lambda row: _keep_eval_weights(run, data_hashes, row.step)
+        run.on_eval_main = lambda row: _keep_eval_weights(run, row.step)
     should_stop = stop_on_signals()
     with background_run.stage() if world.is_main else contextlib.nullcontext():
         run.train(should_stop)
         if world.is_main:
             tracker, run.run_id = background_run.get()
             print(f"train: MLflow run {run.run_id}", flush=True)
-            _write_outputs(run, p, data_hashes, tracker)
+            _write_outputs(run, p, tracker)
             _log_model_and_describe(run, p, tracker)
             if p.mlflow.log_checkpoints:
                 _log_eval_weights(run, tracker)
@@ -91,7 +91,7 @@ def _run_spec(p, run, resumed: bool, data_hashes, source: dict) -> RunSpec:
                    tags=tags, init_source=source, metrics=metrics, **data)
 
 
-def _write_outputs(run, p, data_hashes, tracker) -> None:
+def _write_outputs(run, p, tracker) -> None:
     from gptpipe.model import count_params
 
     trainer, cfg, run_id = run.trainer, run.config, run.run_id
@@ -172,13 +172,11 @@ def _eval_weights(run) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _keep_eval_weights(run, data_hashes, step: int) -> None:
+def _keep_eval_weights(run, step: int) -> None:
     model = run.trainer.model
     state = {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()}
-    checkpoints.save(run.checkpoint.parent / f"eval-{step}.pt", {
-        "format": checkpoints.MODEL_FORMAT, "model_config": run.config.as_dict(),
-        "state_dict": state, "step": step,
-        "tokenizer": {"path": TOKENIZER.as_posix(), "sha256": data_hashes["tokenizer.json"]}})
+    checkpoints.save(run.checkpoint.parent / f"eval-{step}.pt", checkpoints.model_payload(
+        run.config.as_dict(), state, TOKENIZER, step=step, trained_steps=step))
 
 
 def _log_eval_weights(run, tracker) -> None:
