@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import BIN, require
+from helpers import BIN, require
 
 STARTUP_TIMEOUT_S = 180  # ~30 s on 2 busy cores; fail, never hang, past this
 LOOPBACK = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, env_for, make_project, require_module, require_tool, run, tiny_text
+from helpers import env_for, make_project, require_module, require_tool, run, tiny_text
+from projects import ROOT
 from gptpipe.files import sha256_file
 from test_mlflow_server import start_server
 

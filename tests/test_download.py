@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_text_folder, env_for, make_project, run, tiny_text, write_params
+from helpers import build_text_folder, env_for, make_project, run, tiny_text
+from projects import write_params
 from gptpipe.sources import embedded_plays_dir
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\n" * 40).encode()

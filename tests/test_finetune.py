@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import dvc_status, env_for, make_project, run, tiny_text, write_params
+from helpers import (dvc_status, env_for, make_project, one_error_line, run, run_id_of, stages_run,
+    tiny_text)
+from projects import write_params
 from gptpipe import checkpoints
 from gptpipe.files import sha256_file, write_json
 from gptpipe.init_source import PLACEHOLDER
@@ -44,16 +46,6 @@ def save_source(folder: Path, text: str = TEXT, legacy: bool = False, **config) 
 
 def stage(proj: Path, script: str):
     return run(["python", f"stages/{script}"], proj, check=False, timeout=300)
-
-
-def one_error_line(result, prog: str, *needles: str) -> str:
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def init(proj: Path, init_from: str):
@@ -256,10 +248,6 @@ def first_batch_loss(model_file: Path, project: Path, batch_size: int, seed: int
         return loss_fn(model(x), y).item()
 
 
-def run_id_of(project: Path) -> str:
-    return json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
-
-
 @pytest.mark.slow
 def test_finetune_from_a_path_starts_from_its_weights_and_links_the_runs(tmp_path):
     from mlflow.tracking import MlflowClient
@@ -324,10 +312,8 @@ def without_dvc_cache(project: Path, *outs: str) -> None:
 
 
 def ran_with(project: Path, env: dict) -> list[str]:
-    out = run(["dvc", "repro", "train"], project, env=env_for(project, **env),
-              timeout=600).stdout
-    return [line.split("'")[1] for line in out.splitlines()
-            if line.startswith("Running stage '")]
+    return stages_run(run(["dvc", "repro", "train"], project, env=env_for(project, **env),
+                          timeout=600).stdout)
 
 
 @pytest.mark.slow

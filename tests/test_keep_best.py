@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import make_project, run, tiny_text
+from helpers import make_project, run, tiny_text
 from test_reproducible import Job, checkpoint_files
 
 PATIENCE, MIN_DELTA, EVERY = 4, 0.01, 25

@@ -19,7 +19,7 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
 import gptpipe
-from conftest import BIN, env_for, make_project, run, tiny_text
+from helpers import BIN, env_for, make_project, run, run_id_of, tiny_text
 from servers import _stop_group
 from test_mlflow_server import free_port
 
@@ -80,10 +80,6 @@ def _client(project: Path) -> MlflowClient:
     return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
 
 
-def _run_id(project: Path) -> str:
-    return json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
-
-
 def _predict(project: Path, uri: str, *prompts: str) -> list[str]:
     result = run([sys.executable, "-c", LOAD_WITHOUT_PICKLE, uri, json.dumps(PREDICT_PARAMS),
                   *prompts], project)
@@ -98,7 +94,7 @@ def _sample(project: Path, model: str) -> str:
 
 @pytest.mark.slow
 def test_train_logs_a_registered_model_from_code_with_its_weights_and_tokenizer(trained):
-    client, run_id = _client(trained), _run_id(trained)
+    client, run_id = _client(trained), run_id_of(trained)
     # the run page's "Logged models": the run's output, created by this run
     outputs = client.get_run(run_id).outputs.model_outputs
     assert len(outputs) == 1
@@ -145,7 +141,7 @@ def test_the_shipped_model_is_a_logged_model_at_its_step_with_evaluates_metrics(
     """MLflow 3: the LoggedModel's step is the kept weights' (train.json), its metrics are
     that step's val_loss and evaluate's, each on its dataset, so the Models tab and
     search_logged_models rank models by val bits/char; descriptions on the registry."""
-    client, run_id = _client(trained), _run_id(trained)
+    client, run_id = _client(trained), run_id_of(trained)
     ref = json.loads((trained / "reports/mlflow_run.json").read_text())
     (output,) = client.get_run(run_id).outputs.model_outputs
     train = json.loads((trained / "reports/train.json").read_text())
@@ -173,7 +169,7 @@ def test_the_shipped_model_is_a_logged_model_at_its_step_with_evaluates_metrics(
 @pytest.mark.slow
 def test_the_model_loads_without_unpickling_and_matches_gptpipe_sample(trained, monkeypatch,
                                                                       capsys):
-    run_id = _run_id(trained)
+    run_id = run_id_of(trained)
     texts = _predict(trained, f"runs:/{run_id}/model", PROMPT, "\n")
     assert len(texts) == 2 and len(texts[0]) >= N_NEW // 2 and texts[0] != texts[1]
     expected = PROMPT + texts[0] + "\n"

@@ -5,7 +5,8 @@ from typing import get_type_hints
 import pytest
 import yaml
 
-from conftest import ROOT, make_project, run
+from helpers import make_project, one_error_line, run
+from projects import ROOT
 from gptpipe import params
 from gptpipe.errors import UserError
 
@@ -374,11 +375,5 @@ def test_bad_params_yaml_stops_a_stage_with_one_line(clean_project, bad_yaml, ne
         result = run(["python", "stages/clean.py"], project, check=False)
     finally:
         params_file.write_text(good)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stdout + result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("clean: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+    one_error_line(result, "clean", *needles)
     assert not (project / "data/clean/corpus.txt").exists()

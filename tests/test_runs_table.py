@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import env_for, run
+from helpers import env_for, run
 
 # DVC experiment name -> (train.lr, val.bits_per_char, last val_loss, best val_loss)
 RUNS = {"lr-1e-3": ("0.001", 2.9, 2.05, 2.01),

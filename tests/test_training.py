@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import fox_data
 from gptpipe import checkpoints
 from gptpipe.errors import UserError
 from gptpipe.model import ModelConfig, build
@@ -21,10 +22,7 @@ from gptpipe.training import NonFiniteLoss, Trainer
 torch.set_num_threads(1)
 
 CPU = torch.device("cpu")
-TEXT = "the quick brown fox jumps over the lazy dog.\n" * 40
-TOK = CharTokenizer.train(TEXT)
-DATA = TOK.encode(TEXT).astype(np.uint8)
-TRAIN, VAL = DATA[:1500], DATA[1500:]
+TOK, TRAIN, VAL = fox_data()
 
 
 def make_model(kind: str = "gpt", seed: int = 0, **overrides) -> torch.nn.Module:
@@ -301,7 +299,7 @@ def overfit_setup(**tp):
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import tiny_text
+    from helpers import tiny_text
 
     text = tiny_text(3000)
     tok = CharTokenizer.train(text)
