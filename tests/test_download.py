@@ -67,12 +67,17 @@ def without_length(body: bytes):
     return send
 
 
+def start_body(h, claimed: int, head: bytes) -> None:
+    """A 200 that claims `claimed` bytes and sends `head` of them."""
+    h.send_response(200)
+    h.send_header("Content-Length", str(claimed))
+    h.end_headers()
+    h.wfile.write(head)
+
+
 def truncated(body: bytes, claimed: int):
     def send(h):
-        h.send_response(200)
-        h.send_header("Content-Length", str(claimed))
-        h.end_headers()
-        h.wfile.write(body)
+        start_body(h, claimed, body)
         h.wfile.flush()
         h.close_connection = True
     return send
@@ -113,10 +118,7 @@ class Loopback:
     def stalled(self, head: bytes, claimed: int):
         """Send the headers and a little of the body, then go silent."""
         def send(h):
-            h.send_response(200)
-            h.send_header("Content-Length", str(claimed))
-            h.end_headers()
-            h.wfile.write(head)
+            start_body(h, claimed, head)
             h.wfile.flush()
             self.stop.wait(20)
         return send
