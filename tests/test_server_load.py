@@ -256,25 +256,26 @@ def test_server_killed_and_restarted_mid_training(server, template, tmp_path):
     server.kill()
     killed_at = time.monotonic() - t0
     server.start()
-    resumed = 0
+    reruns = {}  # writer -> (the checkpoint's step, its run id)
     for n, writer in enumerate(group):
         code, out, err = writer.wait("train")
         if code == 0:  # it did not need the server while it was down
             continue
-        if n:
+        if n:  # writer 0 was SIGKILLed: no message
             last_line = err.strip().splitlines()[-1]
             assert last_line == STOPPED.format(url=server.url), err
             assert "Traceback" not in err, err
         from gptpipe import checkpoints
 
         saved = checkpoints.load(writer.checkpoint())
-        step, run_id = int(saved["trainer"]["step"]), saved["run_id"]
+        reruns[n] = int(saved["trainer"]["step"]), saved["run_id"]
         writer.start("train", writer_env(writer.project, server), name="train-rerun")
-        code, out, err = writer.wait("train-rerun")
-        assert code == 0, f"{writer.project.name}: the rerun failed:\n{out}\n{err}"
+    for n, (step, run_id) in reruns.items():
+        code, out, err = group[n].wait("train-rerun")
+        assert code == 0, f"writer{n}: the rerun failed:\n{out}\n{err}"
         assert f"train: resuming from step {step} " in out, out
-        assert writer.run_id == run_id
-        resumed += 1
+        assert group[n].run_id == run_id
+    resumed = len(reruns)
     train_wall = time.monotonic() - t0
     points, first, last = check_runs(server, group, EXPECTED_STEPS)
     report(f"restart (killed {killed_at:.0f} s in, {resumed} of {WRITERS} resumed)",
