@@ -252,8 +252,21 @@ def test_server_killed_and_restarted_mid_training(server, template, tmp_path):
             assert writer.proc.poll() is None, writer.log("train") + writer.project.joinpath(
                 "train.err").read_text()
         time.sleep(0.1)
-    group[0].proc.kill()
+    # Writer 0 dies once the server holds the rows of its last checkpoint: its rerun
+    # re-sends them (the checkpoint keeps them), and must not log them twice.
+    from gptpipe import checkpoints
+
+    while True:
+        saved = checkpoints.load(group[0].checkpoint())
+        step, run_id = int(saved["trainer"]["step"]), saved["run_id"]
+        if any(m["step"] == step for m in history(server, run_id, "batch_loss")):
+            group[0].proc.kill()
+            break
+        assert time.monotonic() < deadline and group[0].proc.poll() is None, "writer 0"
+        time.sleep(0.1)
     server.kill()
+    saved = checkpoints.load(group[0].checkpoint())
+    assert int(saved["trainer"]["step"]) == step, "writer 0 checkpointed again: kill sooner"
     killed_at = time.monotonic() - t0
     server.start()
     reruns = {}  # writer -> (the checkpoint's step, its run id)
@@ -265,8 +278,6 @@ def test_server_killed_and_restarted_mid_training(server, template, tmp_path):
             last_line = err.strip().splitlines()[-1]
             assert last_line == STOPPED.format(url=server.url), err
             assert "Traceback" not in err, err
-        from gptpipe import checkpoints
-
         saved = checkpoints.load(writer.checkpoint())
         reruns[n] = int(saved["trainer"]["step"]), saved["run_id"]
         writer.start("train", writer_env(writer.project, server), name="train-rerun")
