@@ -343,7 +343,7 @@ def test_champion_right_when_parallel_evaluates_interleave(tmp_path):
     def set_then_a_stale_evaluate_sets_v1(name, alias, version):
         real_set(name, alias, version)
         if not stale:  # the rival that read before v2's tag: once
-            stale.append(version)
+            stale.append(str(version))
             real_set(name, alias, "1")
 
     client.set_registered_model_alias = set_then_a_stale_evaluate_sets_v1
