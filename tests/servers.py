@@ -12,6 +12,7 @@ Every server runs in its own process group, so `stop` ends its whole tree, and
 `start_*` helpers register the stop as a finalizer before starting."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -186,6 +187,16 @@ class _ServerProcess:
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         _stop_group(proc)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once (a crash: no graceful shutdown),
+        and reap it; `start` again reuses the port."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 class S3Server(_ServerProcess):

@@ -345,3 +345,36 @@ def test_champion_is_the_best_version_on_the_val_data_evaluated_last(tmp_path):
     no_model = tracker.create_run("rule", None, {}, {})
     assert promote(tracker, no_model, 1.0) is None  # log_model off: no version, no change
     assert str(client.get_model_version_by_alias("gptpipe", "champion").version) == "6"
+
+
+def test_champion_right_when_parallel_evaluates_interleave(tmp_path):
+    """On a shared server no lock spans the evaluates: one that read the scores before
+    a rival's tag sets the alias after the rival did. Simulated here: right after
+    promote moves the alias, a stale evaluate moves it back to the worse version.
+    promote reads again and puts it right."""
+    from gptpipe.tracking import registry
+    from gptpipe.tracking.registry import VAL_SHA_TAG, promote
+    from gptpipe.tracking.runs import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = tracker.client
+    client.create_registered_model("gptpipe")
+    runs = []
+    for _ in range(2):
+        runs.append(tracker.create_run("race", None, {}, {}))
+        client.create_model_version("gptpipe", (tmp_path / "model").as_uri(), run_id=runs[-1],
+                                    tags={VAL_SHA_TAG: "a" * 64})
+    assert promote(tracker, runs[0], 2.0).startswith("champion -> gptpipe v1")
+    real_set, stale = client.set_registered_model_alias, []
+
+    def set_then_a_stale_evaluate_sets_v1(name, alias, version):
+        real_set(name, alias, version)
+        if not stale:  # the rival that read before v2's tag: once
+            stale.append(str(version))
+            real_set(name, alias, "1")
+
+    client.set_registered_model_alias = set_then_a_stale_evaluate_sets_v1
+    outcome = promote(tracker, runs[1], 1.5)
+    assert stale == ["2"] and outcome.startswith("champion -> gptpipe v2"), outcome
+    assert str(client.get_model_version_by_alias("gptpipe", "champion").version) == "2"
+    assert registry._PROMOTE_ROUNDS > 1

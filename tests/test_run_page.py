@@ -145,6 +145,9 @@ def test_best_val_loss_and_its_step_beside_the_last(tracker):
     assert metrics["val_loss"] == 2.2  # the last
     assert metrics["best_val_loss"] == 2.0 and metrics["best_val_step"] == 10
     assert [m.step for m in tracker.client.get_metric_history(run_id, "best_val_loss")] == [10]
+    tracker.log_best_val(run_id, 2.0, 10)  # a train resumed after its last checkpoint
+    for key in ("best_val_loss", "best_val_step"):
+        assert len(tracker.client.get_metric_history(run_id, key)) == 1, key
 
 
 def test_a_run_dvc_does_not_name_is_named_by_its_changed_params():

@@ -26,6 +26,8 @@ from .store import redact_uri, retry_locked, store_lock
 
 MODEL_NAME = "model"       # runs:/<run_id>/model
 CHAMPION = "champion"
+_PROMOTE_ROUNDS = 10  # re-reads after moving the alias (parallel evaluates)
+_UNSET = object()
 VAL_SHA_TAG, BPC_TAG = "data.sha256.val.npy", "val.bits_per_char"
 # run tags copied onto each model version
 VERSION_TAGS_FROM_RUN = ("git.commit", "git.dirty", "data.sha256.train.npy", VAL_SHA_TAG,
@@ -137,18 +139,29 @@ def promote(tracker: Tracker, run_id: str, val_bits_per_char: float) -> str | No
     retry_locked(client.set_model_version_tag, name, version.version, BPC_TAG,
                  repr(float(val_bits_per_char)))
     val_sha = version.tags.get(VAL_SHA_TAG)
+    first, moved = _UNSET, None
     with store_lock(tracker.uri, "registry"):  # parallel `dvc exp run -j 2` evaluates
-        versions = retry_locked(client.search_model_versions, f"name = '{name}'")
-        rivals = [v for v in versions if v.tags.get(VAL_SHA_TAG) == val_sha
-                  and (BPC_TAG in v.tags or v.version == version.version)]
-        score = {v.version: float(v.tags.get(BPC_TAG, val_bits_per_char)) for v in rivals}
-        best = min(rivals, key=lambda v: (score[v.version], int(v.version)))
-        current = _current_champion(client, name)
-        if current is not None and current.version == best.version:
-            return (f"champion stays {name} v{best.version} "
-                    f"({score[best.version]:.4f} val bits/char)")
-        retry_locked(client.set_registered_model_alias, name, CHAMPION, best.version)
-    was = f"; was v{current.version}" if current is not None else ""
+        # On a server no lock spans the machines: evaluates racing each set the alias
+        # from what they read. So read again after setting, until the champion read is
+        # the best read: the evaluate that reads last sees every score and leaves the
+        # alias right, whatever the order of the others' writes.
+        for _ in range(_PROMOTE_ROUNDS):
+            versions = retry_locked(client.search_model_versions, f"name = '{name}'")
+            rivals = [v for v in versions if v.tags.get(VAL_SHA_TAG) == val_sha
+                      and (BPC_TAG in v.tags or v.version == version.version)]
+            score = {v.version: float(v.tags.get(BPC_TAG, val_bits_per_char)) for v in rivals}
+            best = min(rivals, key=lambda v: (score[v.version], int(v.version)))
+            current = _current_champion(client, name)
+            if first is _UNSET:
+                first = current
+            if current is not None and current.version == best.version:
+                break
+            retry_locked(client.set_registered_model_alias, name, CHAMPION, best.version)
+            moved = best
+    if moved is None:
+        return (f"champion stays {name} v{best.version} "
+                f"({score[best.version]:.4f} val bits/char)")
+    was = f"; was v{first.version}" if first is not None else ""
     return f"champion -> {name} v{best.version} ({score[best.version]:.4f} val bits/char{was})"
 
 

@@ -145,8 +145,10 @@ class Tracker:
 
     def log_best_val(self, run_id: str, loss: float, step: int) -> None:
         """`best_val_loss` (logged at its step) and `best_val_step`, beside the last
-        `val_loss` on the run page."""
-        self.log_metrics(run_id, [("best_val_loss", loss, step), ("best_val_step", step, step)])
+        `val_loss` on the run page. Once: a train resumed after its last checkpoint
+        (the server lost while it logged its artifacts) logs them again."""
+        self.log_missing_metrics(run_id, [("best_val_loss", loss, step),
+                                          ("best_val_step", step, step)])
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         from mlflow.entities import RunTag
