@@ -280,3 +280,53 @@ def test_run_page_shows_logged_model_registered_version_and_datasets(request, tm
     browser.get(page.replace("?", "/system-metrics?"))
     _wait_for_text(browser, "cpu_utilization_percentage", "system_memory_usage_megabytes",
                    what="system metrics tab")
+
+
+SWEEP = [("2.0e-3", 1), ("2.0e-3", 2), ("8.0e-3", 1), ("8.0e-3", 2)]  # (train.lr, train.seed)
+
+
+@pytest.mark.slow
+def test_runs_table_groups_a_sweeps_seeds_by_the_config_tag(request, tmp_path, browser):
+    """2 configs x 2 seeds of the real pipeline: train tags each run with
+    gptpipe.config (the config without the seed), and the experiment's runs table
+    in the model-training view, grouped by that tag ("Group by"), shows 2 groups."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    server = start_server(request, tmp_path / "mlflow-server")
+    project = make_project(tmp_path / "proj", corpus=tiny_text())
+    env = env_for(project, MLFLOW_TRACKING_URI=server.url,
+                  NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    for lr, seed in SWEEP:
+        run(["dvc", "exp", "run", "-n", f"lr{lr}-seed{seed}", "-S", f"train.lr={lr}",
+             "-S", f"train.seed={seed}"], project, env=env)
+    exp_id = server.get("/api/2.0/mlflow/experiments/get-by-name",
+                        experiment_name="gptpipe")["experiment"]["experiment_id"]
+    found = server.post("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
+    tags = {r["info"]["run_name"]: {t["key"]: t["value"] for t in r["data"]["tags"]}
+            ["gptpipe.config"] for r in found}
+    assert len(tags) == 4 and len(set(tags.values())) == 2, tags
+    assert tags["lr2.0e-3-seed1"] == tags["lr2.0e-3-seed2"]
+    assert tags["lr8.0e-3-seed1"] == tags["lr8.0e-3-seed2"]
+    assert tags["lr8.0e-3-seed1"].endswith(" lr=8e-3"), tags
+
+    browser.get(f"{server.url}/#/experiments/{exp_id}?workflowType=machine_learning")
+    _wait_for_text(browser, *(f"lr{lr}-seed{seed}" for lr, seed in SWEEP), "Group by",
+                   what="the experiment's runs table")
+    _close_assistant_panel(browser)
+    trigger = next(b for b in browser.find_elements(By.XPATH, "//button[contains(., 'Group by')]")
+                   if b.is_displayed())
+    trigger.click()
+    search = _wait_for(browser, "input[placeholder='Search']", "the group-by search box")[-1]
+    search.send_keys("gptpipe.config")
+    item = _wait_for(browser, "[role='menuitemcheckbox']", "the group-by tag item")
+    option = next(i for i in item if i.text.strip() == "gptpipe.config")
+    option.click()
+    search.send_keys(Keys.ESCAPE)
+    _wait_for_text(browser, "Group by: gptpipe.config", *set(tags.values()),
+                   what="the runs table grouped by gptpipe.config")
+    # in the test's tmp dir only: no docs figure
+    (tmp_path / "runs-grouped.png").write_bytes(browser.get_screenshot_as_png())
+    groups = [e for e in browser.find_elements(By.XPATH, "//*[contains(text(), 'gptpipe.config: ')]")]
+    shown = {e.text.strip() for e in groups if e.text.strip()}
+    assert len(shown) == 2, shown
