@@ -116,4 +116,7 @@ def test_csv_is_full_precision_with_empty_missing_cells():
     frame = pd.read_csv(io.StringIO(runs_groups.to_csv(groups)))
     assert frame["group"].tolist() == ["train.lr=0.003", "train.lr=0.001", "train.lr=0.01"]
     assert frame.loc[0, "val.loss mean"] == pytest.approx(1.28, abs=1e-12)
+    assert frame.loc[0, "val.loss sd"] == pytest.approx(math.sqrt(0.0018), rel=1e-12)
+    assert frame.loc[0, "val.loss p"] == pytest.approx(
+        stats.welch([1.25, 1.31], [1.40, 1.52, 1.66]).p, rel=1e-12)
     assert math.isnan(frame.loc[2, "val.loss sd"]) and math.isnan(frame.loc[1, "val.loss p"])
