@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 from gptpipe import checkpoints, params, warm_start
-from gptpipe.config_id import TAG as CONFIG_TAG, config_tag
 from gptpipe.arrays import load_tokens
+from gptpipe.config_id import TAG as CONFIG_TAG, config_tag
 from gptpipe.errors import run_main
 from gptpipe.files import read_json, sha256_file, write_json
 from gptpipe.lineage import git_state, stage_hashes

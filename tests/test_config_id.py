@@ -7,9 +7,10 @@ import dataclasses
 import hashlib
 import re
 
+from conftest import ROOT
+
 from gptpipe import config_id
 from gptpipe.params import Params, load
-from conftest import ROOT
 
 
 def _flat(**train) -> dict:

@@ -52,7 +52,7 @@ def test_config_groups_by_every_param_but_the_seed():
     for spec in ("config", ""):
         t = runs_groups.group_runs(_table(), PARAMS, spec).table
         assert sorted(t["n"]) == [1, 2, 3]
-        assert list(t.index)[0] == "train.lr=0.003"  # named by the keys that differ
+        assert t.index[0] == "train.lr=0.003"  # named by the keys that differ
 
 
 def test_baseline_diff_and_welch_p():
@@ -81,8 +81,8 @@ def test_a_selector_value_is_compared_as_a_number(selector):
 @pytest.mark.parametrize("by, baseline, message", [
     ("train.lrr", None, "--group-by train.lrr: no param train.lrr in these runs (params: "),
     ("train.lr", "train.lr=5e-3", "--baseline train.lr=5e-3: no group has it (groups: "),
-    ("train.lr", "model.n_embd=64", "--baseline model.n_embd=64: model.n_embd is not a "
-                                    "--group-by key (keys: train.lr)"),
+    ("train.lr", "model.n_embd=64",
+     "--baseline model.n_embd=64: model.n_embd is not a --group-by key (keys: train.lr)"),
     ("train.lr", "0.001", "--baseline 0.001: expected KEY=VALUE"),
     ("train.lr,model.n_embd", "model.n_embd=64", "--baseline model.n_embd=64: 3 groups match"),
 ])

@@ -9,8 +9,8 @@ p = I_{df / (df + t^2)}(df / 2, 1 / 2).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 _EPS = 1e-15     # relative accuracy of the continued fraction
 _TINY = 1e-300   # Lentz: stands in for a zero denominator

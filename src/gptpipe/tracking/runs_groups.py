@@ -128,8 +128,8 @@ def group_runs(table: pd.DataFrame, params: list[str], by: str,
         return [float(v) for v in column if not pd.isna(v)]
 
     rows, few = [], False
-    for group in members:
-        row: dict[str, object] = {"group": names[group], "n": len(members[group])}
+    for group, runs in members.items():
+        row: dict[str, object] = {"group": names[group], "n": len(runs)}
         if base is not None:
             row["baseline"] = group == base
         for metric in metrics:
