@@ -320,9 +320,20 @@ def test_runs_table_groups_a_sweeps_seeds_by_the_config_tag(request, tmp_path, b
     trigger.click()
     search = _wait_for(browser, "input[placeholder='Search']", "the group-by search box")[-1]
     search.send_keys("gptpipe.config")
-    item = _wait_for(browser, "[role='menuitemcheckbox']", "the group-by tag item")
-    option = next(i for i in item if i.text.strip() == "gptpipe.config")
-    option.click()
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def tick(driver) -> bool:  # the menu re-renders as the search narrows it
+        try:
+            for option in driver.find_elements(By.CSS_SELECTOR, "[role='menuitemcheckbox']"):
+                if option.text.strip() == "gptpipe.config":
+                    option.click()
+                    return True
+        except StaleElementReferenceException:
+            pass
+        return False
+
+    WebDriverWait(browser, WAIT_S, poll_frequency=0.5).until(tick)
     search.send_keys(Keys.ESCAPE)
     _wait_for_text(browser, "Group by: gptpipe.config", *set(tags.values()),
                    what="the runs table grouped by gptpipe.config")
