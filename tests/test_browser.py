@@ -334,11 +334,12 @@ def test_runs_table_groups_a_sweeps_seeds_by_the_config_tag(request, tmp_path, b
         return False
 
     WebDriverWait(browser, WAIT_S, poll_frequency=0.5).until(tick)
-    search.send_keys(Keys.ESCAPE)
-    _wait_for_text(browser, "Group by: gptpipe.config", *set(tags.values()),
-                   what="the runs table grouped by gptpipe.config")
-    # in the test's tmp dir only: no docs figure
-    (tmp_path / "runs-grouped.png").write_bytes(browser.get_screenshot_as_png())
+    browser.switch_to.active_element.send_keys(Keys.ESCAPE)  # close the menu
+    try:
+        _wait_for_text(browser, "Group by: gptpipe.config", *set(tags.values()),
+                       what="the runs table grouped by gptpipe.config")
+    finally:  # in the test's tmp dir only (no docs figure): look at it
+        (tmp_path / "runs-grouped.png").write_bytes(browser.get_screenshot_as_png())
     groups = [e for e in browser.find_elements(By.XPATH, "//*[contains(text(), 'gptpipe.config: ')]")]
     shown = {e.text.strip() for e in groups if e.text.strip()}
     assert len(shown) == 2, shown
