@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gptpipe import checkpoints, params, warm_start
 from gptpipe.arrays import load_tokens
+from gptpipe.config_id import TAG as CONFIG_TAG, config_tag
 from gptpipe.errors import run_main
 from gptpipe.files import read_json, sha256_file, write_json
 from gptpipe.lineage import git_state, stage_hashes
@@ -78,7 +79,9 @@ def _run_spec(p, run, resumed: bool, data_hashes, source: dict) -> RunSpec:
             **{f"data.sha256.{k}": v for k, v in data_hashes.items()},
             "data.sha256.raw": _raw_corpus_sha256(), "gptpipe.params_key": run.params_key,
             # what train.autocast resolved to on this machine, and why
-            "gptpipe.autocast": run.autocast.name, "gptpipe.autocast_reason": run.autocast.reason}
+            "gptpipe.autocast": run.autocast.name, "gptpipe.autocast_reason": run.autocast.reason,
+            # the config without the seed: the UI's "Group by" pools a sweep's seeds
+            CONFIG_TAG: config_tag(p.flat())}
     exclude = ("evaluate", "sample")  # logged by their stages, which may rerun
     flat = p.flat(tuple(s for s in p.flat_sections() if s not in exclude))
     # How much of val is verbatim in train (reports/split.json): a low val loss means

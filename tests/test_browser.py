@@ -378,3 +378,67 @@ def test_gptpipe_ui_link_opens_model_training_view_descriptions_and_ranked_model
     val_losses = [f"{runs[r].data.metrics['val.loss']:.6f}".rstrip("0")[:6] for r in run_ids]
     _wait_for_text(browser, *val_losses, what="the Models tab's val.loss column")
     (tmp_path / "models-tab.png").write_bytes(browser.get_screenshot_as_png())
+
+
+SWEEP = [("2.0e-3", 1), ("2.0e-3", 2), ("8.0e-3", 1), ("8.0e-3", 2)]  # (train.lr, train.seed)
+
+
+@pytest.mark.slow
+def test_runs_table_groups_a_sweeps_seeds_by_the_config_tag(request, tmp_path, browser):
+    """2 configs x 2 seeds of the real pipeline: train tags each run with
+    gptpipe.config (the config without the seed), and the experiment's runs table
+    in the model-training view, grouped by that tag ("Group by"), shows 2 groups."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    server = start_server(request, tmp_path / "mlflow-server")
+    project = make_project(tmp_path / "proj", corpus=tiny_text())
+    env = env_for(project, MLFLOW_TRACKING_URI=server.url,
+                  NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    for lr, seed in SWEEP:
+        run(["dvc", "exp", "run", "-n", f"lr{lr}-seed{seed}", "-S", f"train.lr={lr}",
+             "-S", f"train.seed={seed}"], project, env=env)
+    exp_id = server.get("/api/2.0/mlflow/experiments/get-by-name",
+                        experiment_name="gptpipe")["experiment"]["experiment_id"]
+    found = server.post("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
+    tags = {r["info"]["run_name"]: {t["key"]: t["value"] for t in r["data"]["tags"]}
+            ["gptpipe.config"] for r in found}
+    assert len(tags) == 4 and len(set(tags.values())) == 2, tags
+    assert tags["lr2.0e-3-seed1"] == tags["lr2.0e-3-seed2"]
+    assert tags["lr8.0e-3-seed1"] == tags["lr8.0e-3-seed2"]
+    # named by what differs from the shipped defaults: the tiny project's params, and lr
+    assert " lr=8e-3 " in tags["lr8.0e-3-seed1"] and " lr=2e-3 " in tags["lr2.0e-3-seed1"]
+
+    browser.get(f"{server.url}/#/experiments/{exp_id}?workflowType=machine_learning")
+    _wait_for_text(browser, *(f"lr{lr}-seed{seed}" for lr, seed in SWEEP), "Group by",
+                   what="the experiment's runs table")
+    _close_assistant_panel(browser)
+    trigger = next(b for b in browser.find_elements(By.XPATH, "//button[contains(., 'Group by')]")
+                   if b.is_displayed())
+    trigger.click()
+    search = _wait_for(browser, "input[placeholder='Search']", "the group-by search box")[-1]
+    search.send_keys("gptpipe.config")
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def tick(driver) -> bool:  # the menu re-renders as the search narrows it
+        try:
+            for option in driver.find_elements(By.CSS_SELECTOR, "[role='menuitemcheckbox']"):
+                if option.text.strip() == "gptpipe.config":
+                    option.click()
+                    return True
+        except StaleElementReferenceException:
+            pass
+        return False
+
+    WebDriverWait(browser, WAIT_S, poll_frequency=0.5).until(tick)
+    browser.switch_to.active_element.send_keys(Keys.ESCAPE)  # close the menu
+    try:
+        _wait_for_text(browser, "Group by: gptpipe.config", *set(tags.values()),
+                       what="the runs table grouped by gptpipe.config")
+    finally:  # in the test's tmp dir only (no docs figure): look at it
+        (tmp_path / "runs-grouped.png").write_bytes(browser.get_screenshot_as_png())
+    # one group row per config ("Group: <tag>", its 2 runs under it)
+    text = _text(browser)
+    assert all(f"Group: {tag}" in text for tag in set(tags.values())), text[:2000]
+    assert text.count("Group: ") == 2, text[:2000]
