@@ -22,21 +22,23 @@ def main() -> None:
     p = params.load()
     run_id = read_run_ref(RUN_REF)["run_id"]
     tracker = Tracker()
-    from gptpipe.devices import choose_autocast
+    from gptpipe.devices import choose_autocast, use_threads
     from gptpipe.evaluation import split_metrics, subset_nats, total_nats, windows_total
     from gptpipe.inference import load_model
 
+    threads = use_threads(p.train.threads)  # one policy for train, evaluate and sample
     model, _ = load_model(MODEL, tokenizer_path=TOKENIZER)
     tokenizer = tokenizers.load(TOKENIZER)
     device = next(model.parameters()).device
     amp = choose_autocast(device, p.train.autocast)
-    print(f"evaluate: {amp.name} ({amp.reason})", flush=True)
+    print(f"evaluate: {amp.name} ({amp.reason}), {threads.describe()}", flush=True)
     metrics = {}
     with tracker.stage(run_id):
         tracker.log_params_once(run_id, p.flat(("evaluate",)))
         tracker.set_tags(run_id, {"gptpipe.evaluate_autocast": amp.name})
         for split, path in (("val", VAL), ("train", TRAIN)):
             data = load_tokens(path)
+            threads.apply()  # a stage started or ended meanwhile: follow it
             block = model.cfg.block_size
             total = windows_total(len(data) - 1, block)
             wanted = p.evaluate.train_windows if split == "train" else 0

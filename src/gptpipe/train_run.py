@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from . import checkpoints, distributed
-from .devices import AutocastChoice, choose_autocast, make_deterministic, pick_device
+from .devices import (AutocastChoice, ThreadPolicy, choose_autocast, make_deterministic,
+                      pick_device, use_threads)
 from .distributed import World
 from .errors import UserError
 from .lineage import repo_root
@@ -62,6 +63,9 @@ def stop_on_signals() -> Callable[[], bool]:
     return lambda: bool(received)
 
 
+THREADS_EVERY = 20  # steps between counts of the torch stages running (train.threads 0)
+
+
 @dataclass
 class TrainRun:
     trainer: Trainer
@@ -69,6 +73,7 @@ class TrainRun:
     identity: dict
     checkpoint: Path
     autocast: AutocastChoice
+    threads: ThreadPolicy
     tracker: object | None = None  # rank 0's BackgroundRun; None on the other ranks
     run_id: str | None = None
     unlogged: list[MetricRow] = field(default_factory=list)  # a kill kept from the tracker
@@ -78,8 +83,7 @@ class TrainRun:
     def build(cls, p: Params, device: torch.device, world: World, tracker,
               begin: Start, train_data: np.ndarray, val_data: np.ndarray,
               data_hashes: dict[str, str]) -> "TrainRun":
-        if p.train.threads:
-            torch.set_num_threads(p.train.threads)
+        threads = use_threads(p.train.threads)  # 0: the cores / the stages running now
         # auto resolves per machine: the resolved dtype is part of what identifies
         # the run, so a checkpoint never resumes in another precision.
         amp = choose_autocast(device, p.train.autocast)
@@ -102,7 +106,7 @@ class TrainRun:
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         trainer = Trainer(model, train_data, val_data, p.train, device, amp.dtype,
                           world=world, ddp_model=ddp_model)
-        return cls(trainer, cfg, identity, ckpt_dir / "checkpoint.pt", amp, tracker)
+        return cls(trainer, cfg, identity, ckpt_dir / "checkpoint.pt", amp, threads, tracker)
 
     @property
     def world(self) -> World:
@@ -116,7 +120,8 @@ class TrainRun:
     def describe(self) -> str:
         world, trainer = self.world, self.trainer
         return (f"{self.config.kind}, {count_params(trainer.model):,} parameters, device "
-                f"{trainer.device}, {self.autocast.name} ({self.autocast.reason})"
+                f"{trainer.device}, {self.autocast.name} ({self.autocast.reason}), "
+                f"{self.threads.describe()}"
                 f"{f', {world.size} processes' if world.size > 1 else ''}")
 
     # -- resume ---------------------------------------------------------------
@@ -161,6 +166,8 @@ class TrainRun:
                               f"val {row.val_loss:.4f}")
 
             def progress(step: int, loss: float, tokens_per_s: float) -> None:
+                if step % THREADS_EVERY == 0:  # another stage started or ended: follow it
+                    self.threads.apply()
                 if world.is_main:
                     self.tracker.check()  # MLflow failed in the background: stop now
                     if step == first_step:
