@@ -5,12 +5,13 @@ MLflow in sqlite, a failed experiment among them. The torch stages share the cor
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import make_project, run, tiny_text
+from conftest import env_for, make_project, run, tiny_text
 
 GRID = {("0.001", "1"), ("0.001", "2"), ("0.003", "1"), ("0.003", "2")}
 
@@ -34,12 +35,18 @@ def test_a_grid_on_two_workers_and_a_failed_experiment(tmp_path):
          "-S", "train.seed=1,2"], project)
     run(["dvc", "exp", "run", "--queue", "-n", "bad-lr", "-S", "train.lr=5.0"], project)
     assert set(queue_status(project).values()) == {"Queued"}
-    run(["dvc", "queue", "start", "-j", "2"], project)
-    deadline = time.monotonic() + 1500
-    while (status := queue_status(project)) and {"Queued", "Running"} & set(status.values()):
-        assert time.monotonic() < deadline, status
-        time.sleep(3)
-    run(["dvc", "queue", "stop"], project, check=False)
+    # the workers it starts keep its stdout: not captured, or the call never returns
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, env=env_for(project),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
+                   timeout=120)
+    try:
+        deadline = time.monotonic() + 1500
+        while (status := queue_status(project)) and \
+                {"Queued", "Running"} & set(status.values()):
+            assert time.monotonic() < deadline, status
+            time.sleep(3)
+    finally:
+        run(["dvc", "queue", "stop", "--kill"], project, check=False)
 
     # the bad value fails its experiment, named in the status and its log; not the others
     assert status.pop("bad-lr") == "Failed"
