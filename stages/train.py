@@ -101,7 +101,7 @@ def _write_outputs(run, p, data_hashes, tracker) -> None:
                          "best_val_loss": round(best.val_loss, 6), "best_val_step": best.step,
                          # train.autocast auto depends on the machine: say what it chose
                          "autocast": run.autocast.name,
-                         "threads": run.threads.threads,  # at the end (auto follows the load)
+                         "threads": run.threads.threads,  # at the end: auto follows the load
                          "model": cfg.as_dict()})
     write_text(LOSSES, losses_csv(trainer.history))
     write_text(HISTORY, history_csv(trainer.history))

@@ -73,7 +73,7 @@ class TrainRun:
     identity: dict
     checkpoint: Path
     autocast: AutocastChoice
-    threads: ThreadPolicy
+    threads: ThreadPolicy | None = None  # train.threads (build sets it)
     tracker: object | None = None  # rank 0's BackgroundRun; None on the other ranks
     run_id: str | None = None
     unlogged: list[MetricRow] = field(default_factory=list)  # a kill kept from the tracker
@@ -106,7 +106,8 @@ class TrainRun:
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         trainer = Trainer(model, train_data, val_data, p.train, device, amp.dtype,
                           world=world, ddp_model=ddp_model)
-        return cls(trainer, cfg, identity, ckpt_dir / "checkpoint.pt", amp, threads, tracker)
+        return cls(trainer, cfg, identity, ckpt_dir / "checkpoint.pt", amp, threads,
+                   tracker)
 
     @property
     def world(self) -> World:
@@ -120,8 +121,8 @@ class TrainRun:
     def describe(self) -> str:
         world, trainer = self.world, self.trainer
         return (f"{self.config.kind}, {count_params(trainer.model):,} parameters, device "
-                f"{trainer.device}, {self.autocast.name} ({self.autocast.reason}), "
-                f"{self.threads.describe()}"
+                f"{trainer.device}, {self.autocast.name} ({self.autocast.reason})"
+                f"{f', {self.threads.describe()}' if self.threads else ''}"
                 f"{f', {world.size} processes' if world.size > 1 else ''}")
 
     # -- resume ---------------------------------------------------------------
@@ -166,7 +167,7 @@ class TrainRun:
                               f"val {row.val_loss:.4f}")
 
             def progress(step: int, loss: float, tokens_per_s: float) -> None:
-                if step % THREADS_EVERY == 0:  # another stage started or ended: follow it
+                if self.threads and step % THREADS_EVERY == 0:  # a stage started or ended
                     self.threads.apply()
                 if world.is_main:
                     self.tracker.check()  # MLflow failed in the background: stop now
