@@ -18,7 +18,11 @@ def main() -> None:
     s = p.sample
     run_id = read_run_ref(RUN_REF)["run_id"]
     tracker = Tracker()
+    from gptpipe.devices import use_threads
     from gptpipe.inference import encode_prompt, load_model, sample_texts
+
+    threads = use_threads(p.train.threads)  # one policy for train, evaluate and sample
+    print(f"sample: {threads.describe()}", flush=True)
 
     model, tokenizer = load_model(MODEL, tokenizer_path=TOKENIZER)
     for j, prompt in enumerate(s.prompts):  # a bad prompt must not mark the run FAILED

@@ -119,6 +119,7 @@ def _write_outputs(run, p, tracker) -> None:
                              "min_delta": stop.min_delta, "kept_step": stop.kept_step},
                          # train.autocast auto depends on the machine: say what it chose
                          "autocast": run.autocast.name,
+                         "threads": run.threads.threads,  # at the end: auto follows the load
                          "model": cfg.as_dict()})
     write_text(LOSSES, losses_csv(trainer.history))
     write_text(HISTORY, history_csv(trainer.history))

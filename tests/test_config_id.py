@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import re
 
-from conftest import ROOT
+from projects import ROOT
 
 from gptpipe import config_id
 from gptpipe.params import Params, load

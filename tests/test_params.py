@@ -76,6 +76,8 @@ _RANGES = [  # how params.yaml's comments state a range -> (lo, hi, lo_open, hi_
     (rf"in \({_NUMBER}, {_NUMBER}\)", lambda a, b: (a, b, True, True)),
     (rf"(?<![\w.]){_NUMBER}\.\.{_NUMBER}\b", lambda a, b: (a, b, False, False)),
     (rf"up to {_NUMBER}\b", lambda b: (None, b, False, False)),  # lo: not stated
+    (rf"(?<![<>])>= {_NUMBER}\b", lambda a: (a, None, False, False)),
+    (rf"(?<![<>])> {_NUMBER}\b", lambda a: (a, None, True, False)),
 ]
 
 
@@ -171,11 +173,12 @@ def test_the_ranges_params_yaml_states_are_read_and_each_is_its_fields():
                       "split.train_fraction", "split.max_val_overlap", "model.dropout",
                       "train.lr", "train.weight_decay", "train.beta1", "train.beta2",
                       "train.grad_clip", "train.threads", "train.early_stop_patience",
-                      "train.early_stop_min_delta", "train.peak_gflops", "sample.temperature",
-                      "sample.top_p"}
+                      "train.early_stop_min_delta", "train.peak_gflops", "evaluate.train_windows",
+                      "sample.temperature", "sample.top_p"}
     assert not range_problems(comments)
     assert comment_range("in (0, 1]; 1.0 = off") == (0, 1, True, False)
     assert comment_range("between 0 and lr") is None
+    assert comment_range("0 = all; >= 0") == (0, None, False, False)
 
 
 def test_every_single_key_rule_is_beside_its_field_and_its_default_follows_it():

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import env_for, make_project, run, tiny_text, write_params
+from helpers import env_for, make_project, run, tiny_text
+from projects import write_params
 from servers import LOOPBACK, MlflowServer, PostgresCluster, missing
 
 WRITERS = 4            # train stages logging to the one server at once

@@ -232,6 +232,8 @@ class TrainParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int = checked(32, AT_LEAST_1)  # windows per forward pass
+    # the train split: this many evenly spread windows (the same every run); 0 = all
+    train_windows: int = checked(4096, Range(0))
 
 
 @dataclass(frozen=True)

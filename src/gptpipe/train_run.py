@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from . import checkpoints, distributed
-from .devices import AutocastChoice, choose_autocast, make_deterministic, pick_device
+from .devices import (AutocastChoice, ThreadPolicy, choose_autocast, make_deterministic,
+                      pick_device, use_threads)
 from .distributed import World
 from .errors import UserError
 from .lineage import repo_root
@@ -64,6 +65,9 @@ def stop_on_signals() -> Callable[[], bool]:
     return lambda: bool(received)
 
 
+THREADS_EVERY = 20  # steps between counts of the torch stages running (train.threads 0)
+
+
 @dataclass
 class TrainRun:
     trainer: Trainer
@@ -71,6 +75,7 @@ class TrainRun:
     identity: dict
     checkpoint: Path
     autocast: AutocastChoice
+    threads: ThreadPolicy | None = None  # train.threads (build sets it)
     background_run: object | None = None  # rank 0's BackgroundRun; None on the other ranks
     run_id: str | None = None
     saved_step: int | None = None  # the step of the last checkpoint, once there is one
@@ -82,8 +87,7 @@ class TrainRun:
     def build(cls, p: Params, device: torch.device, world: World, background_run,
               begin: Start, train_data: np.ndarray, val_data: np.ndarray,
               data_hashes: dict[str, str]) -> "TrainRun":
-        if p.train.threads:
-            torch.set_num_threads(p.train.threads)
+        threads = use_threads(p.train.threads)  # 0: the cores / the stages running now
         # auto resolves per machine: the resolved dtype is part of what identifies
         # the run, so a checkpoint never resumes in another precision.
         amp = choose_autocast(device, p.train.autocast)
@@ -111,7 +115,8 @@ class TrainRun:
                     model, device_ids=[device.index] if device.type == "cuda" else None)
         trainer = Trainer(model, train_data, val_data, p.train, device, amp.dtype,
                           world=world, ddp_model=ddp_model)
-        return cls(trainer, cfg, identity, ckpt_dir / "checkpoint.pt", amp, background_run)
+        return cls(trainer, cfg, identity, ckpt_dir / "checkpoint.pt", amp, threads,
+                   background_run)
 
     @property
     def world(self) -> World:
@@ -126,6 +131,7 @@ class TrainRun:
         world, trainer = self.world, self.trainer
         return (f"{self.config.kind}, {count_params(trainer.model):,} parameters, device "
                 f"{trainer.device}, {self.autocast.name} ({self.autocast.reason})"
+                f"{f', {self.threads.describe()}' if self.threads else ''}"
                 f"{f', {world.size} processes' if world.size > 1 else ''}")
 
     # -- resume ---------------------------------------------------------------
@@ -185,6 +191,8 @@ class TrainRun:
                               f"val {row.val_loss:.4f}")
 
             def progress(step: int, loss: float, tokens_per_s: float) -> None:
+                if self.threads and step % THREADS_EVERY == 0:  # a stage started or ended
+                    self.threads.apply()
                 if world.is_main:
                     if step == first_step:
                         bar.write(f"train: first step done {process_age_s():.2f} s after "
