@@ -54,13 +54,18 @@ def config_tag(flat: dict[str, Any], defaults: dict[str, Any] | None = None) -> 
 
         defaults = Params().flat()
     config = config_params(flat)
-    changed = [k for k in sorted(config)
-               if _canonical(config[k]) != _canonical(defaults.get(k, _MISSING))]
-    names = _short_names(list(config))
-    label = " ".join(f"{names[k]}={format_param(config[k])}" for k in changed)
+    label = " ".join(changed_params({k: config[k] for k in sorted(config)}, defaults))
     if len(label) > MAX_LABEL_CHARS:
         label = label[:MAX_LABEL_CHARS - 1] + "…"
     return f"{config_hash(flat)} {label}".rstrip()
+
+
+def changed_params(flat: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
+    """"name=value" for each key of `flat` (in its order) whose value differs from
+    `defaults`, named by its last part where that is unique among `flat`'s keys."""
+    names = _short_names(list(flat))
+    return [f"{names[k]}={format_param(v)}" for k, v in flat.items()
+            if _canonical(v) != _canonical(defaults.get(k, _MISSING))]
 
 
 def format_param(value: Any) -> str:

@@ -25,36 +25,24 @@ REGISTERED_MODEL_DESCRIPTION = (
     "trained model. The alias `champion` is the version with the lowest val "
     "bits/char among the models measured on the same val data.")
 # train params that change no weights: left out of run names
-_NOT_IN_NAME = ("train.threads", "train.device", "train.launcher",
-                "train.checkpoint_interval")
 _NAME_PARTS = 4
 
 
 def run_name(p) -> str:
     """A short, deterministic name for a run DVC does not name: the model and train
-    params that differ from gptpipe's defaults ("lr=3e-3 seed=2"), or "baseline"."""
+    params of its config (config_id.py) and its seed that differ from gptpipe's
+    defaults ("lr=3e-3 seed=2"), or "baseline"."""
+    from ..config_id import SEED, changed_params, is_config_key
     from ..params import Params
 
     # train first: lr, seed, max_iters are what sweeps change
-    ours = {**p.flat(("train",)), **p.flat(("model",))}
-    defaults = Params().flat(("train", "model"))
-    keys = [k for k in ours if k not in _NOT_IN_NAME and ours[k] != defaults.get(k)]
-    if not keys:
+    ours = {k: v for k, v in {**p.flat(("train",)), **p.flat(("model",))}.items()
+            if k == SEED or is_config_key(k)}
+    parts = changed_params(ours, Params().flat(("train", "model")))
+    if not parts:
         return "baseline"
-    short = [k.split(".", 1)[1] for k in keys]
-    parts = [f"{s if short.count(s) == 1 else k}={_compact(ours[k])}"
-             for k, s in zip(keys, short)]
     extra = len(parts) - _NAME_PARTS
     return " ".join(parts[:_NAME_PARTS]) + (f" +{extra}" if extra > 0 else "")
-
-
-def _compact(value) -> str:
-    if isinstance(value, float):
-        text = f"{value:g}"
-        return text.replace("e-0", "e-").replace("e+0", "e")
-    if isinstance(value, str) and "/" in value:
-        return value.rstrip("/").rsplit("/", 1)[-1]
-    return str(value)
 
 
 def description(run) -> str:
