@@ -4,6 +4,7 @@ the slot locks they hold in <DVC_ROOT>/.gptpipe/slots, or given by GPTPIPE_WORKE
 Real processes, real locks."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ def root(tmp_path, monkeypatch):
 def holder(root: Path) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-c", HOLD], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True,
-                            env={**__import__("os").environ, "DVC_ROOT": str(root)})
+                            env={**os.environ, "DVC_ROOT": str(root)})
     proc.first_line = proc.stdout.readline().split()  # the slot is taken
     return proc
 
