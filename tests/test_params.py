@@ -380,3 +380,13 @@ def test_bad_params_yaml_stops_a_stage_with_one_line(clean_project, bad_yaml, ne
         params_file.write_text(good)
     one_error_line(result, "clean", *needles)
     assert not (project / "data/clean/corpus.txt").exists()
+
+
+def test_params_yaml_is_read_as_dvc_reads_it(tmp_path):
+    """YAML 1.2, like DVC: the bare `off` that `dvc exp run -S train.autocast=off`
+    writes is the string off (YAML 1.1 reads false), and 2e-5 is a number."""
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  autocast: off\n  lr: 2e-5\n  min_lr: 1e-6\n")
+    p = params.load(path)
+    assert p.train.autocast == "off"
+    assert p.train.lr == 2e-5 and p.train.min_lr == 1e-6

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, get_args, get_origin, get_type_hints
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 from .errors import UserError
 
@@ -432,10 +432,12 @@ def from_dict(raw: Any, source: str = PARAMS_FILE) -> Params:
 def load(path: str | Path = PARAMS_FILE) -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # YAML 1.2, as DVC reads it: `dvc exp run -S train.autocast=off` writes a bare
+        # `off`, which YAML 1.1 (PyYAML) would read as false, and 2e-5 is a number.
+        raw = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise UserError(f"{path}: file not found (run from the project root)") from exc
-    except yaml.YAMLError as exc:
+    except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}:{where}: not valid YAML: "
