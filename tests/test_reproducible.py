@@ -5,7 +5,6 @@ bit-exactly into the same MLflow run; a checkpoint of other params is never used
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import re

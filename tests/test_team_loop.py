@@ -13,7 +13,6 @@ Needs Debian's postgresql (scripts/install_postgres.sh) and the dev extra
 fails in CI (CI=true)."""
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import signal

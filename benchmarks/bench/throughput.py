@@ -185,7 +185,7 @@ def _bench_compile(ctx: Context) -> None:
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache))
     out = subprocess.run([ctx.python, "-c", _COMPILE_WORKER, "40"], env=env, text=True,
                          capture_output=True)
-    line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if out.returncode != 0 or line is None:
         ctx.add("throughput", name, f"failed: {(out.stderr or out.stdout).strip()[-300:]}")
         return

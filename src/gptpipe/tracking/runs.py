@@ -65,7 +65,7 @@ class Tracker:
             return retry_locked(self.client.create_experiment, name,
                                 artifact_location=location,
                                 tags={EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND})
-        except Exception:  # noqa: BLE001 - a parallel job created it first
+        except Exception:
             exp = retry_locked(self.client.get_experiment_by_name, name)
             if exp is None:
                 raise
