@@ -25,6 +25,8 @@ Sections:
   sampling    1000 new tokens at context 256, KV cache vs recomputation
   stages      seconds and peak RSS of each stage on the embedded corpus and on
               tinyshakespeare
+  firststeps  the train stage's steps 1-100 against its steady speed, and that
+              against the benchmark's step (bench/first_steps.py)
   loss        wall time to val loss <= 1.8857 on tinyshakespeare: nanoGPT's
               baby-GPT config vs benchmarks/tinyshakespeare.yaml
   dvc         a no-op `dvc repro` of gptpipe's pipeline vs a plain chain of as many
@@ -51,6 +53,7 @@ from pathlib import Path
 from bench.common import LOSS_REPEATS, ROOT, SECTIONS, Context, machine
 from bench.dvc_noop import bench_dvc
 from bench.evaluate import bench_evaluate
+from bench.first_steps import bench_first_steps
 from bench.peak import bench_peak
 from bench.report import markdown, table
 from bench.sampling import bench_sampling
@@ -60,7 +63,7 @@ from bench.time_to_loss import bench_loss
 from bench.tokenizers import bench_tokenizers
 
 BENCHES = {"peak": bench_peak, "throughput": bench_throughput, "sampling": bench_sampling,
-           "stages": bench_stages, "loss": bench_loss, "dvc": bench_dvc,
+           "stages": bench_stages, "firststeps": bench_first_steps, "loss": bench_loss, "dvc": bench_dvc,
            "evaluate": bench_evaluate, "tokenizers": bench_tokenizers}
 
 
@@ -84,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     if "throughput" in only:
         only.append("peak")  # the MFU denominator
-    if {"loss", "dvc"} & set(only):
-        only.append("stages")  # their projects and data
+    stages_as_dependency = False
+    if {"loss", "dvc", "firststeps"} & set(only) and "stages" not in only:
+        only.append("stages")  # their projects and data (the data stages are enough)
+        stages_as_dependency = True
     started = time.perf_counter()
     # SIGTERM unwinds like Ctrl-C: stages are stopped and the temp dir removed
     signal.signal(signal.SIGTERM, _interrupt)
@@ -102,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     use_shared_corpus()
     with tempfile.TemporaryDirectory(prefix="gptpipe-bench-") as tmp:
         ctx = Context(quick=args.quick, tmp=Path(tmp), machine=info,
-                      repeats=max(1, args.repeats or (1 if args.quick else LOSS_REPEATS)))
+                      repeats=max(1, args.repeats or (1 if args.quick else LOSS_REPEATS)),
+                      data_stages_only=stages_as_dependency)
         for name in SECTIONS:
             if name not in only:
                 continue

@@ -26,6 +26,8 @@ EXPECTED_ROWS = [
       for name in ("download", "clean", "tokenize", "split")],
     *[("stages", f"stage {name} (tinyshakespeare")
       for name in ("download", "clean", "tokenize", "split")],
+    ("firststeps", "steps 1-100 tokens/s / steady tokens/s"),
+    ("firststeps", "steady step / the benchmark's step"),
     ("loss", "baseline: nanoGPT baby GPT config"),
     ("loss", "train.autocast auto"),
     ("loss", "recipe: benchmarks/tinyshakespeare.yaml"),

@@ -26,12 +26,12 @@ REF_TOKENS_S = 16_400     # its median training throughput
 LOSS_REPEATS = 3          # train runs per config in the loss section: the median of 3
 REF_NOOP_S = 0.77         # no-op `dvc repro` of a 7-stage chain
 MIN_EVAL_TOKENS = 20 * 12 * 64  # eval_batches * batch_size * block_size of the reference
-SECTIONS = ("peak", "throughput", "sampling", "stages", "loss", "dvc", "evaluate",
+SECTIONS = ("peak", "throughput", "sampling", "stages", "firststeps", "loss", "dvc", "evaluate",
             "tokenizers")
 # init first: train reads its models/init/ (placeholders when training from scratch)
-STAGE_SCRIPTS = {"init": "init_model.py", "download": "download.py", "clean": "clean.py", "tokenize": "tokenize_text.py",
-                 "split": "split.py", "train": "train.py", "evaluate": "evaluate.py",
-                 "sample": "sample.py"}
+STAGE_SCRIPTS = {"init": "init_model.py", "download": "download.py", "clean": "clean.py",
+                 "tokenize": "tokenize_text.py", "split": "split.py", "train": "train.py",
+                 "evaluate": "evaluate.py", "sample": "sample.py"}
 DATA_STAGES = ("download", "clean", "tokenize", "split")
 
 # Tiny settings for --quick and for the stage runs that only need the pipeline
@@ -75,6 +75,7 @@ class Context:
     machine: dict = field(default_factory=dict)  # machine(): the CPU, its features
     took: dict = field(default_factory=dict)  # seconds per section
     repeats: int = 1                          # runs of each config in the loss section
+    data_stages_only: bool = False  # stages only as the projects of --only loss/dvc/...
 
     def judge(self, text: str, met: bool | None) -> str:
         return f"{text}: judged in the full run" if self.quick else goal(text, met)

@@ -120,14 +120,22 @@ def how_section() -> list[str]:
         "crossing the same way: linear interpolation of the eval loss between the last eval "
         "above the target and the first at or below it, in reports/train_history.csv's "
         "elapsed_s (`train loop`). The crossing is confirmed with the loss over the whole "
-        "val split of the model at that first eval (retrained to that step in-process, "
-        "same seed, unless it is the final model). Eval sets hold >= 20 x 12 x 64 tokens. "
-        f"Each config runs `--repeats` times (default {LOSS_REPEATS}), in alternating order; the median "
-        "is shown. Goals are judged only against the baseline of the same command; "
+        "val split of each seed's model at that first eval (retrained to that step "
+        "in-process, same seed, unless it is the final model). Eval sets hold >= 20 x 12 x "
+        f"64 tokens. Each config runs once per seed, `--repeats` seeds (default {LOSS_REPEATS}: "
+        "train.seed 1337, 1338, 1339), configs in alternating order; the median and the "
+        "spread (min-max) over the seeds are shown, and the recipe's goal is judged on its "
+        "worst seed against the baseline's median. Goals are judged only against the "
+        "baseline of the same command; "
         f"nanoGPT's own {REF_SECONDS:.0f} s (another machine and day) is context.",
         "- **start-up**: the train stage prints when its first optimizer step is done, "
         "in seconds since its process started (/proc); MLflow starts opening in a "
         "background thread after that step.",
+        "- **firststeps**: the recipe's train stage on tinyshakespeare, `--repeats` runs: "
+        "the tokens/s of steps 1-100 over the median of the later 100-step intervals "
+        "(reports/train_history.csv, evals excluded), and that median over the same "
+        "params' Trainer.train_step timed in the benchmark's process on the same data "
+        "right before and right after each run.",
         "- **emulated kinds**: `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 make bench` "
         "caps torch's kernels at AVX2 on a bf16-capable CPU: its section is that of a CPU "
         "without bf16 instructions, marked as emulated.",

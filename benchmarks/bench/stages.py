@@ -90,7 +90,7 @@ def bench_stages(ctx: Context) -> None:
         "train": {"max_iters": 100, "eval_interval": 50, "checkpoint_interval": 100},
         "mlflow": {"log_model": False}})
     git_dvc_init(emb)
-    all_stages = not ctx.quick or ctx.corpus is None
+    all_stages = not (ctx.quick or ctx.data_stages_only) or ctx.corpus is None
     notes = {"train": ", 20 steps of a tiny model" if ctx.quick else
              ", default model, 100 steps",
              "evaluate": ", whole val split, evaluate.train_windows of train",
@@ -102,7 +102,7 @@ def bench_stages(ctx: Context) -> None:
             _startup_row(ctx, m)
     if not all_stages:
         ctx.add("stages", "stages train, evaluate, sample (embedded corpus)",
-                "skipped in --quick (see tinyshakespeare)")
+                "skipped in --quick and in --only without stages (see tinyshakespeare)")
     split = json.loads((emb.path / "reports" / "split.json").read_text())
     print(f"  (embedded corpus: {split['train_tokens']:,} train / {split['val_tokens']:,} "
           "val tokens)", flush=True)
