@@ -332,7 +332,7 @@ def test_gptpipe_ui_link_opens_model_training_view_descriptions_and_ranked_model
     exp_id = client.get_experiment_by_name("gptpipe").experiment_id
     runs = {r: client.get_run(r) for r in run_ids}
     names = [runs[r].info.run_name for r in run_ids]
-    assert "lr=0.002" in names[0] and "lr=0.008" in names[1], names
+    assert "lr=2e-3" in names[0] and "lr=8e-3" in names[1], names
     bpc = {r: runs[r].data.metrics["val.bits_per_char"] for r in run_ids}
     # the Models tab's query: the shipped LoggedModels, best val bits/char first
     import mlflow
