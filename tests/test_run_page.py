@@ -156,7 +156,7 @@ def test_a_run_dvc_does_not_name_is_named_by_its_changed_params():
 
     assert run_name(Params()) == "baseline"
     p = from_dict({"train": {"lr": 3.0e-3, "seed": 2, "threads": 4}})
-    assert run_name(p) == "lr=3e-3 seed=2"  # threads changes no weights: not named
+    assert run_name(p) == "lr=3e-3 seed=2"  # threads: float rounding, not a config: not named
     many = from_dict({"train": {"lr": 3.0e-3, "seed": 2, "max_iters": 10},
                       "model": {"n_layer": 2, "n_head": 2}})
     assert run_name(many) == "max_iters=10 lr=3e-3 seed=2 n_layer=2 +1"

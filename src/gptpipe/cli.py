@@ -112,8 +112,16 @@ def _print_chain(chain: list[dict]) -> None:
               "trained elsewhere, or before gptpipe tagged models with their sha256)")
 
 
-def _runs(args: argparse.Namespace) -> None:
+def _mlflow_settings(params_file: str):
+    """params.yaml's mlflow section, or its defaults where there is no params.yaml."""
     from . import params as params_mod
+
+    if Path(params_file).exists():
+        return params_mod.load(params_file).mlflow
+    return params_mod.Params().mlflow
+
+
+def _runs(args: argparse.Namespace) -> None:
     from .tracking import runs_table
     from .tracking.runs import Tracker
     from .tracking.store import redact_uri, tracking_uri
@@ -122,9 +130,9 @@ def _runs(args: argparse.Namespace) -> None:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise UserError(f"no MLflow store at {uri}: no run yet (run `dvc repro`), or set "
                         "MLFLOW_TRACKING_URI")
-    settings = params_mod.load(args.params).mlflow if Path(args.params).exists() else None
-    experiment = args.experiment or getattr(settings, "experiment", "gptpipe")
-    model_name = args.model or getattr(settings, "registered_model", "gptpipe")
+    settings = _mlflow_settings(args.params)
+    experiment = args.experiment or settings.experiment
+    model_name = args.model or settings.registered_model or "gptpipe"
     tracker = Tracker(uri)
     versions, champion = runs_table.fetch_versions(tracker.client, model_name)
     runs = runs_table.fetch_runs(experiment)
@@ -155,11 +163,10 @@ def _runs(args: argparse.Namespace) -> None:
 
 
 def _ui(args: argparse.Namespace) -> None:
-    from . import params as params_mod
     from .tracking.ui import ui
 
-    settings = params_mod.load(args.params).mlflow if Path(args.params).exists() else None
-    experiment = args.experiment or getattr(settings, "experiment", "gptpipe")
+    settings = _mlflow_settings(args.params)
+    experiment = args.experiment or settings.experiment
     code = ui(args.port, experiment)
     if code:
         raise UserError(f"ui: mlflow server exited with status {code}")
