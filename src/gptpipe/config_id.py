@@ -20,8 +20,8 @@ TAG = "gptpipe.config"
 SEED = "train.seed"
 # Params that change no result, so never split a group: the seed (the point of a
 # group is to pool seeds), how train is run (CPU threads, which move results by
-# float rounding only; the launcher; how often it checkpoints: a resume is exact), how the corpus is fetched (timeouts,
-# retries, size cap, the expected sha256: checks, not inputs), where MLflow
+# float rounding only; the launcher; how often it checkpoints: a resume is exact),
+# how the corpus is fetched (timeouts, retries, size cap, the expected sha256: checks, not inputs), where MLflow
 # records it (mlflow.*), and evaluate.* / sample.*, logged after training (sample
 # never touches the val metrics). train.device and train.autocast stay: another
 # device or precision gives other numbers.
