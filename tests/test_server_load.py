@@ -136,8 +136,10 @@ def writer_env(project: Path, server: MlflowServer) -> dict:
 
 
 def history(server: MlflowServer, run_id: str, key: str) -> list[dict]:
+    # A key with no rows yet comes back as {} (empty lists are left out of the JSON):
+    # writer 0 may checkpoint before its first batch_loss rows reach the server.
     return server.get("/api/2.0/mlflow/metrics/get-history", run_id=run_id, metric_key=key,
-                      max_results=100_000)["metrics"]
+                      max_results=100_000).get("metrics", [])
 
 
 def check_runs(server: MlflowServer, group: list[Writer],
