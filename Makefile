@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # range would pull a multi-GB CUDA build. Elsewhere pip takes the platform's build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install install-dev run test test-slow bench gpu-check
+.PHONY: install install-dev run test test-slow lint bench gpu-check
 
 $(BIN)/python:
 	@echo "==> creating $(VENV)"
@@ -27,9 +27,13 @@ install-dev: $(BIN)/python
 run: install
 	@bash scripts/run_pipeline.sh
 
-test: install-dev
+test: install-dev lint
 	@echo "==> running the tests (the long end-to-end checks: make test-slow)"
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install-dev
+	@echo "==> ruff check (rules in pyproject.toml)"
+	$(BIN)/ruff check .
 
 test-slow: install-dev
 	@echo "==> running the long end-to-end checks"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Install PostgreSQL (Debian's `postgresql` package) for tests/test_team_loop.py,
-# which starts a throwaway cluster of its own (initdb + pg_ctl in a temp dir, on
-# a loopback port) as the MLflow server's backend store. Nothing here starts or
-# enables the system cluster. Idempotent: does nothing when initdb is present.
+# Install PostgreSQL (Debian's `postgresql` package) for tests/test_team_loop.py
+# and tests/test_server_load.py, which start a throwaway cluster of their own
+# (initdb + pg_ctl in a temp dir, on a loopback port) as the MLflow server's
+# backend store. Nothing here starts or enables the system cluster. Idempotent: does nothing when initdb is present.
 # Uses sudo only when not root. Fails loudly (non-zero) when it cannot install.
 set -euo pipefail
 

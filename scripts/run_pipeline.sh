@@ -18,4 +18,4 @@ echo
 echo "==> metrics"
 dvc metrics show
 echo
-echo "==> samples: reports/samples.md   runs: mlflow ui --backend-store-uri sqlite:///mlflow.db"
+echo "==> samples: reports/samples.md   runs: . .venv/bin/activate; gptpipe ui"

@@ -4,6 +4,7 @@ from pathlib import Path
 from gptpipe import params
 from gptpipe.errors import run_main
 from gptpipe.files import write_json, write_text
+from gptpipe.tracking.notes import SAMPLE_TAG, describe, first_line
 from gptpipe.tracking.runs import Tracker, read_run_ref
 
 TOKENIZER = Path("data/tokens/tokenizer.json")
@@ -17,7 +18,11 @@ def main() -> None:
     s = p.sample
     run_id = read_run_ref(RUN_REF)["run_id"]
     tracker = Tracker()
+    from gptpipe.devices import use_threads
     from gptpipe.inference import encode_prompt, load_model, sample_texts
+
+    threads = use_threads(p.train.threads)  # one policy for train, evaluate and sample
+    print(f"sample: {threads.describe()}", flush=True)
 
     model, tokenizer = load_model(MODEL, tokenizer_path=TOKENIZER)
     for j, prompt in enumerate(s.prompts):  # a bad prompt must not mark the run FAILED
@@ -32,6 +37,9 @@ def main() -> None:
         tracker.log_table(run_id, [{"prompt": r["prompt"], "temperature": s.temperature,
                                     "seed": r["seed"], "text": r["text"]} for r in rows],
                           "samples/table.json")
+        # the Description's sample: the first prompt's text, its first line
+        describe(tracker, run_id, {SAMPLE_TAG: first_line(rows[0]["prompt"] + rows[0]["text"])
+                                   if rows else ""})
     print(f"sample: {len(rows)} samples -> {SAMPLES_MD}")
 
 

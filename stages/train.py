@@ -1,4 +1,5 @@
-"""train: fit the model on data/split/, log the run to MLflow, write models/model.pt.
+"""train: fit the model on data/split/, log the run to MLflow, write models/model.pt
+(the best eval's weights, or the last: train.keep; its tokenizer inside).
 
 Resumes exactly from the checkpoint of an interrupted run with the same params
 and data; MLflow gets the metrics a checkpoint covers (gptpipe/train_run.py).
@@ -10,11 +11,12 @@ from pathlib import Path
 
 from gptpipe import checkpoints, params, warm_start
 from gptpipe.arrays import load_tokens
+from gptpipe.config_id import TAG as CONFIG_TAG, config_tag
 from gptpipe.errors import run_main
 from gptpipe.files import read_json, sha256_file, write_json
 from gptpipe.lineage import git_state, stage_hashes
 from gptpipe.reporting import history_csv, losses_csv, write_text
-from gptpipe.tracking import process
+from gptpipe.tracking import notes, process
 from gptpipe.tracking.background import BackgroundRun, RunSpec
 
 TRAIN, VAL = Path("data/split/train.npy"), Path("data/split/val.npy")
@@ -48,13 +50,18 @@ def main() -> None:
         background_run.open(_run_spec(p, run, resumed, data_hashes, begin.source))
         print(f"train: {run.describe()}", flush=True)
 
+    if world.is_main and p.mlflow.log_checkpoints:
+        run.on_eval_main = lambda row: _keep_eval_weights(run, row.step)
     should_stop = stop_on_signals()
     with background_run.stage() if world.is_main else contextlib.nullcontext():
         run.train(should_stop)
         if world.is_main:
             tracker, run.run_id = background_run.get()
             print(f"train: MLflow run {run.run_id}", flush=True)
-            _write_outputs(run, p, data_hashes, tracker)
+            _write_outputs(run, p, tracker)
+            _log_model_and_describe(run, p, tracker)
+            if p.mlflow.log_checkpoints:
+                _log_eval_weights(run, tracker)
     run.close()
 
 
@@ -69,7 +76,7 @@ def _run_spec(p, run, resumed: bool, data_hashes, source: dict) -> RunSpec:
             "warm_imports": ("gptpipe.reporting", "matplotlib.pyplot") + (
                 ("gptpipe.tracking.registry", "gptpipe.tracking.model_code",
                  "gptpipe.inference", "mlflow.pyfunc", "pandas", "torch")
-                if p.mlflow.log_model else ())}
+                if p.mlflow.log_model or p.mlflow.log_checkpoints else ())}
     if resumed:
         return RunSpec(p.mlflow.experiment, run_id=run.run_id, **data)
     # Only the stages before train: dvc.lock's train/evaluate/sample are the last run's.
@@ -77,7 +84,9 @@ def _run_spec(p, run, resumed: bool, data_hashes, source: dict) -> RunSpec:
             **{f"data.sha256.{k}": v for k, v in data_hashes.items()},
             "data.sha256.raw": _raw_corpus_sha256(), "gptpipe.params_key": run.params_key,
             # what train.autocast resolved to on this machine, and why
-            "gptpipe.autocast": run.autocast.name, "gptpipe.autocast_reason": run.autocast.reason}
+            "gptpipe.autocast": run.autocast.name, "gptpipe.autocast_reason": run.autocast.reason,
+            # the config without the seed: the UI's "Group by" pools a sweep's seeds
+            CONFIG_TAG: config_tag(p.flat())}
     exclude = ("evaluate", "sample")  # logged by their stages, which may rerun
     flat = p.flat(tuple(s for s in p.flat_sections() if s not in exclude))
     # How much of val is verbatim in train (reports/split.json): a low val loss means
@@ -85,27 +94,37 @@ def _run_spec(p, run, resumed: bool, data_hashes, source: dict) -> RunSpec:
     overlap = read_json(SPLIT_REPORT).get("val_in_train", {}) if SPLIT_REPORT.exists() else {}
     metrics = (("data.val_in_train", overlap["share"], 0),) if "share" in overlap else ()
     # the parent's tags (a fine-tune's init_from) are looked up in MLflow, in the background
-    return RunSpec(p.mlflow.experiment, run_name=os.environ.get("DVC_EXP_NAME"), params=flat,
+    run_name = os.environ.get("DVC_EXP_NAME") or notes.run_name(p)  # "lr=3e-3", "baseline"
+    return RunSpec(p.mlflow.experiment, run_name=run_name, params=flat,
                    tags=tags, init_source=source, metrics=metrics, **data)
 
 
-def _write_outputs(run, p, data_hashes, tracker) -> None:
+def _write_outputs(run, p, tracker) -> None:
     from gptpipe.model import count_params
 
     trainer, cfg, run_id = run.trainer, run.config, run.run_id
-    state = {k: v.detach().cpu().float().contiguous() for k, v in trainer.model.state_dict().items()}
-    checkpoints.save(MODEL, {
-        "format": checkpoints.MODEL_FORMAT, "model_config": cfg.as_dict(), "state_dict": state,
-        "tokenizer": {"path": TOKENIZER.as_posix(), "sha256": data_hashes["tokenizer.json"]},
-        "step": trainer.step})
+    # train.keep: the weights of the eval with the lowest val loss (best), or the last
+    kept = trainer.kept_step
+    state = {k: v.detach().cpu().float().contiguous()
+             for k, v in trainer.kept_state_dict().items()}
+    checkpoints.save(MODEL, checkpoints.model_payload(
+        cfg.as_dict(), state, TOKENIZER, step=kept, keep=p.train.keep,
+        trained_steps=trainer.step))
     last = trainer.history[-1]
     best = min(trainer.history, key=lambda row: (row.val_loss, row.step))
+    stop = trainer.early_stop
     write_json(SUMMARY, {"parameters": count_params(trainer.model), "steps": trainer.step,
                          "final_train_loss": round(last.train_loss, 6),
                          "final_val_loss": round(last.val_loss, 6),
                          "best_val_loss": round(best.val_loss, 6), "best_val_step": best.step,
+                         # which step's weights models/model.pt holds, and why
+                         "keep": p.train.keep, "kept_step": kept,
+                         "early_stop": None if stop is None else {
+                             "step": stop.step, "patience": stop.patience,
+                             "min_delta": stop.min_delta, "kept_step": stop.kept_step},
                          # train.autocast auto depends on the machine: say what it chose
                          "autocast": run.autocast.name,
+                         "threads": run.threads.threads,  # at the end: auto follows the load
                          "model": cfg.as_dict()})
     write_text(LOSSES, losses_csv(trainer.history))
     write_text(HISTORY, history_csv(trainer.history))
@@ -113,21 +132,75 @@ def _write_outputs(run, p, data_hashes, tracker) -> None:
     tracker.call(process.write_loss_curve,
                  [(r.step, r.train_loss, r.val_loss) for r in trainer.history], CURVE,
                  f"{cfg.kind}: {count_params(trainer.model):,} params")
-    write_json(RUN_REF, {"run_id": run_id, "experiment": p.mlflow.experiment})
     tracker.log_best_val(run_id, best.val_loss, best.step)
+    tracker.set_tags(run_id, {"gptpipe.kept_step": str(kept), "gptpipe.keep": p.train.keep})
+    if stop is not None:
+        tracker.set_tags(run_id, {"gptpipe.early_stop": stop.message()})
+        tracker.log_metrics(run_id, [("early_stop_step", stop.step, stop.step)])
     # Content-addressed lineage: a later init_from path to these bytes finds this run.
     tracker.set_tags(run_id, {"gptpipe.model_sha256": sha256_file(MODEL)})
     tracker.log_artifact(run_id, CURVE, "plots")
     tracker.log_artifact(run_id, HISTORY, "history")
     tracker.log_artifact(run_id, TOKENIZER, "tokenizer")
+
+
+def _log_model_and_describe(run, p, tracker) -> None:
+    """The shipped weights as an MLflow 3 LoggedModel at their step (train.json's
+    kept_step, else the last), registered; its id in reports/mlflow_run.json for
+    evaluate (like the run id: MLflow's, not a function of deps and params); the
+    run's Description (tracking/notes.py)."""
+    from gptpipe.model import count_params
+
+    run_id, summary = run.run_id, read_json(SUMMARY)
+    kept_step = int(summary.get("kept_step", run.trainer.step))
+    ref = {"run_id": run_id, "experiment": p.mlflow.experiment}
     if p.mlflow.log_model:  # an MLflow model (runs:/<run_id>/model), a new registered version
         from gptpipe.tracking import registry
 
         # in the tracking process, with its tracker (tracking/process.py)
-        version = tracker.call(registry.log_model, run_id, MODEL, TOKENIZER,
-                               p.mlflow.registered_model, exp_name=os.environ.get("DVC_EXP_NAME"))
-        print(f"train: logged model runs:/{run_id}/model, "
-              f"registered as models:/{p.mlflow.registered_model}/{version}")
+        logged = tracker.call(registry.log_model, run_id, MODEL, TOKENIZER,
+                              p.mlflow.registered_model, exp_name=os.environ.get("DVC_EXP_NAME"),
+                              step=kept_step)
+        ref["model_id"] = logged.model_id
+        print(f"train: logged model runs:/{run_id}/model (models:/{logged.model_id}, step "
+              f"{kept_step}), registered as models:/{p.mlflow.registered_model}/{logged.version}")
+    write_json(RUN_REF, ref)
+    split = read_json(SPLIT_REPORT) if SPLIT_REPORT.exists() else {}
+    download = read_json(DOWNLOAD) if DOWNLOAD.exists() else {}
+    facts = {notes.PARAMETERS_TAG: count_params(run.trainer.model),
+             notes.KEPT_STEP_TAG: kept_step,
+             notes.SOURCE_TAG: download.get("source", "unknown")}
+    if "train_tokens" in split:
+        facts[notes.TOKENS_TAG] = (f"{split['train_tokens']:,} train + "
+                                   f"{split['val_tokens']:,} val")
+    tracker.call(notes.describe, run_id, facts)
+
+
+# -- mlflow.log_checkpoints: each eval step's weights as a LoggedModel ---------------
+
+def _eval_weights(run) -> list[tuple[int, Path]]:
+    """The eval steps' weights kept so far, by step (beside the checkpoint: a resumed
+    train still has those from before the stop)."""
+    found = [(int(path.stem.split("-")[1]), path)
+             for path in run.checkpoint.parent.glob("eval-*.pt")]
+    return sorted(found)
+
+
+def _keep_eval_weights(run, step: int) -> None:
+    model = run.trainer.model
+    state = {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()}
+    checkpoints.save(run.checkpoint.parent / f"eval-{step}.pt", checkpoints.model_payload(
+        run.config.as_dict(), state, TOKENIZER, step=step, trained_steps=step))
+
+
+def _log_eval_weights(run, tracker) -> None:
+    """Each eval step's weights as a LoggedModel `checkpoint-<step>` of the run, at that
+    step (so with that step's val_loss and train_loss); not registered."""
+    from gptpipe.tracking import registry
+
+    weights = _eval_weights(run)
+    tracker.call(registry.log_eval_weights, run.run_id, weights, TOKENIZER)
+    print(f"train: logged {len(weights)} eval steps' weights as MLflow models")
 
 
 def _raw_corpus_sha256() -> str:

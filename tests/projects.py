@@ -1,6 +1,6 @@
 """Temp gptpipe projects: a copy of the repo's pipeline (dvc.yaml, params.yaml,
 stages/, src/, corpus/) in a folder, with its params overridden and git + DVC
-initialised. The one helper of the tests (conftest.py) and the benchmarks
+initialised. The one helper of the tests (helpers.py) and the benchmarks
 (benchmarks/, which import this file by path); not part of the product."""
 from __future__ import annotations
 

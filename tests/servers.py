@@ -12,6 +12,7 @@ Every server runs in its own process group, so `stop` ends its whole tree, and
 `start_*` helpers register the stop as a finalizer before starting."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import BIN, require
+from helpers import BIN, require
 
 STARTUP_TIMEOUT_S = 180  # ~30 s on 2 busy cores; fail, never hang, past this
 LOOPBACK = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
@@ -186,6 +187,16 @@ class _ServerProcess:
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         _stop_group(proc)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once (a crash: no graceful shutdown),
+        and reap it; `start` again reuses the port."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 class S3Server(_ServerProcess):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import env_for
+from helpers import env_for
 
 KILLED_MID_WRITE = """
 import os, signal, sys

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, env_for, make_project, require_module, require_tool, run, tiny_text
+from helpers import env_for, make_project, require_module, require_tool, run, tiny_text
+from projects import ROOT
 from gptpipe.files import sha256_file
 from test_mlflow_server import start_server
 
@@ -280,3 +281,161 @@ def test_run_page_shows_logged_model_registered_version_and_datasets(request, tm
     browser.get(page.replace("?", "/system-metrics?"))
     _wait_for_text(browser, "cpu_utilization_percentage", "system_memory_usage_megabytes",
                    what="system metrics tab")
+
+
+def _start_gptpipe_ui(request, project: Path, env: dict) -> str:
+    """`gptpipe ui --port N` in the project, as a user starts it: the link it prints."""
+    import subprocess
+    import time
+
+    from servers import _stop_group
+    from test_mlflow_server import free_port
+
+    log = project / "ui.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["gptpipe", "ui", "--port", str(free_port())], cwd=project,
+                                env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, text=True)
+    request.addfinalizer(lambda: _stop_group(proc))
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        links = [line for line in log.read_text().splitlines()
+                 if line.startswith("http://127.0.0.1:")]
+        if links:
+            return links[0]
+        assert proc.poll() is None, f"gptpipe ui exited: {log.read_text()[-3000:]}"
+        time.sleep(0.5)
+    raise AssertionError(f"gptpipe ui printed no link in 180 s: {log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_gptpipe_ui_link_opens_model_training_view_descriptions_and_ranked_models(
+        request, tmp_path, browser):
+    """Two `dvc repro` runs (train.lr 2e-3, then 8e-3: no DVC name, so gptpipe names
+    them), `gptpipe ui`, and its link: the Model training view, each run's Description,
+    and the Models tab with both LoggedModels and their val metrics."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    project = make_project(tmp_path / "proj", {"mlflow": {"log_model": True}},
+                           corpus=tiny_text())
+    env = env_for(project, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    env.pop("DVC_EXP_NAME", None)
+    run_ids = []
+    for lr in (2.0e-3, 8.0e-3):
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params["train"]["lr"] = lr
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        run(["dvc", "repro"], project, env=env)
+        run_ids.append(json.loads((project / "reports/mlflow_run.json").read_text())["run_id"])
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    exp_id = client.get_experiment_by_name("gptpipe").experiment_id
+    runs = {r: client.get_run(r) for r in run_ids}
+    names = [runs[r].info.run_name for r in run_ids]
+    assert "lr=2e-3" in names[0] and "lr=8e-3" in names[1], names
+    bpc = {r: runs[r].data.metrics["val.bits_per_char"] for r in run_ids}
+    # the Models tab's query: the shipped LoggedModels, best val bits/char first
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        ranked = mlflow.search_logged_models(
+            experiment_ids=[exp_id], output_format="list",
+            order_by=[{"field_name": "metrics.val.bits_per_char", "ascending": True}])
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert [m.source_run_id for m in ranked] == sorted(run_ids, key=bpc.get)
+    for model in ranked:
+        shipped = {m.key: m for m in model.metrics}
+        assert shipped["val.bits_per_char"].value == bpc[model.source_run_id]
+        assert shipped["val.bits_per_char"].dataset_name == "val"
+        assert shipped["val_loss"].step == 30  # the shipped weights' step, its val_loss
+
+    link = _start_gptpipe_ui(request, project, env)
+    assert link.endswith(f"/#/experiments/{exp_id}?workflowType=machine_learning"), link
+
+    # 1. The link: the experiment's runs in the Model training view, not GenAI.
+    browser.get(link)
+    _wait_for_text(browser, *names, "Model registry", what="the experiment's runs")
+    assert "workflowType=machine_learning" in browser.current_url
+    assert "Evaluation runs" not in _text(browser)
+
+    # 2. A run's page: its Description, built by train, evaluate and sample.
+    base = link.split("/#/")[0]
+    best = min(run_ids, key=bpc.get)
+    browser.get(f"{base}/#/experiments/{exp_id}/runs/{best}?workflowType=machine_learning")
+    _wait_for_text(browser, "Description", "Model: gpt, 1 layer × 2 heads × 32 wide",
+                   "Data: corpus/corpus.txt", "Weights: step 30",
+                   f"val bits/char: {bpc[best]:.4f}", "Sample:", what="the run's Description")
+
+    # 3. The Models tab: both LoggedModels, their registered versions and the metric
+    # columns grouped by dataset (the table renders only the metric columns in view,
+    # so their values are checked through search_logged_models above).
+    browser.set_window_size(4000, 1000)
+    browser.get(f"{base}/#/experiments/{exp_id}/models?workflowType=machine_learning")
+    _wait_for_text(browser, "gptpipe", "v1", "v2", "Dataset: ", *names, what="the Models tab")
+    (tmp_path / "models-tab.png").write_bytes(browser.get_screenshot_as_png())
+
+
+SWEEP = [("2.0e-3", 1), ("2.0e-3", 2), ("8.0e-3", 1), ("8.0e-3", 2)]  # (train.lr, train.seed)
+
+
+@pytest.mark.slow
+def test_runs_table_groups_a_sweeps_seeds_by_the_config_tag(request, tmp_path, browser):
+    """2 configs x 2 seeds of the real pipeline: train tags each run with
+    gptpipe.config (the config without the seed), and the experiment's runs table
+    in the model-training view, grouped by that tag ("Group by"), shows 2 groups."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    server = start_server(request, tmp_path / "mlflow-server")
+    project = make_project(tmp_path / "proj", corpus=tiny_text())
+    env = env_for(project, MLFLOW_TRACKING_URI=server.url,
+                  NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    for lr, seed in SWEEP:
+        run(["dvc", "exp", "run", "-n", f"lr{lr}-seed{seed}", "-S", f"train.lr={lr}",
+             "-S", f"train.seed={seed}"], project, env=env)
+    exp_id = server.get("/api/2.0/mlflow/experiments/get-by-name",
+                        experiment_name="gptpipe")["experiment"]["experiment_id"]
+    found = server.post("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
+    tags = {r["info"]["run_name"]: {t["key"]: t["value"] for t in r["data"]["tags"]}
+            ["gptpipe.config"] for r in found}
+    assert len(tags) == 4 and len(set(tags.values())) == 2, tags
+    assert tags["lr2.0e-3-seed1"] == tags["lr2.0e-3-seed2"]
+    assert tags["lr8.0e-3-seed1"] == tags["lr8.0e-3-seed2"]
+    # named by what differs from the shipped defaults: the tiny project's params, and lr
+    assert " lr=8e-3 " in tags["lr8.0e-3-seed1"] and " lr=2e-3 " in tags["lr2.0e-3-seed1"]
+
+    browser.get(f"{server.url}/#/experiments/{exp_id}?workflowType=machine_learning")
+    _wait_for_text(browser, *(f"lr{lr}-seed{seed}" for lr, seed in SWEEP), "Group by",
+                   what="the experiment's runs table")
+    _close_assistant_panel(browser)
+    trigger = next(b for b in browser.find_elements(By.XPATH, "//button[contains(., 'Group by')]")
+                   if b.is_displayed())
+    trigger.click()
+    search = _wait_for(browser, "input[placeholder='Search']", "the group-by search box")[-1]
+    search.send_keys("gptpipe.config")
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def tick(driver) -> bool:  # the menu re-renders as the search narrows it
+        try:
+            for option in driver.find_elements(By.CSS_SELECTOR, "[role='menuitemcheckbox']"):
+                if option.text.strip() == "gptpipe.config":
+                    option.click()
+                    return True
+        except StaleElementReferenceException:
+            pass
+        return False
+
+    WebDriverWait(browser, WAIT_S, poll_frequency=0.5).until(tick)
+    browser.switch_to.active_element.send_keys(Keys.ESCAPE)  # close the menu
+    try:
+        _wait_for_text(browser, "Group by: gptpipe.config", *set(tags.values()),
+                       what="the runs table grouped by gptpipe.config")
+    finally:  # in the test's tmp dir only (no docs figure): look at it
+        (tmp_path / "runs-grouped.png").write_bytes(browser.get_screenshot_as_png())
+    # one group row per config ("Group: <tag>", its 2 runs under it)
+    text = _text(browser)
+    assert all(f"Group: {tag}" in text for tag in set(tags.values())), text[:2000]
+    assert text.count("Group: ") == 2, text[:2000]

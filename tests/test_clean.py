@@ -14,7 +14,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from conftest import ENGLISH, FRENCH, RUSSIAN, build_text_folder, run, write_params
+from helpers import ENGLISH, FRENCH, RUSSIAN, assert_absent, build_text_folder, one_error_line, run
+from projects import write_params
 from gptpipe.cleaning import CleanReport, clean_directory, clean_text, decode, wide_codec
 from gptpipe.errors import UserError
 from gptpipe.sources import embedded_plays_dir
@@ -305,17 +306,8 @@ def run_clean(proj: Path, files: dict[str, bytes], **clean_params):
 
 
 def assert_stage_error(result, proj: Path, *needles: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("clean: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert not (proj / "data/clean/corpus.txt").exists()
-    assert not (proj / "reports/clean.json").exists()
-    leftovers = list((proj / "data").rglob(".*.tmp"))
-    assert leftovers == []
+    one_error_line(result, "clean", *needles)
+    assert_absent(proj, "data/clean/corpus.txt", "reports/clean.json")
 
 
 def test_stage_invalid_utf8(proj):

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+from projects import ROOT
 
 CSV = "step,lr,train_loss,val_loss\n0,1.0e-03,4.2,4.3\n10,1.0e-03,3.1,3.3\n20,1.0e-03,2.5,2.9\n"
 

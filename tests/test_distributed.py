@@ -6,7 +6,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import make_project, run, tiny_text
+from helpers import make_project, run, tiny_text
 from gptpipe.distributed import World, micro_batching
 from gptpipe.errors import UserError
 

@@ -83,3 +83,17 @@ def test_docs_describe_the_project_as_it_is(page):
     hits = [f"{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1)
             if HISTORY.search(re.sub(r"`[^`]*`", "", line))]
     assert not hits, f"{page.relative_to(ROOT)}: history prose:\n" + "\n".join(hits)
+
+
+def test_the_readme_code_map_names_every_module():
+    """Each module of src/gptpipe/ (a folder's modules, or a folder as one row like
+    `ci/`) has a row in README's code map, and each row names a module that exists."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = set(re.findall(r"^\| `([\w/]+(?:\.py|/))` \|", readme, flags=re.M))
+    src = ROOT / "src" / "gptpipe"
+    modules = {p.relative_to(src).as_posix() for p in src.rglob("*.py")
+               if p.name not in ("__init__.py", "__main__.py")}
+    covered = {m for m in modules if m in rows or m.split("/")[0] + "/" in rows}
+    assert sorted(modules - covered) == [], "modules missing from README's code map"
+    exists = {r for r in rows if (src / r).exists()}
+    assert sorted(rows - exists) == [], "README's code map names modules that do not exist"

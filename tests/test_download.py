@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_text_folder, env_for, make_project, run, tiny_text, write_params
+from helpers import build_text_folder, env_for, make_project, run, tiny_text
+from projects import write_params
 from gptpipe.sources import embedded_plays_dir
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\n" * 40).encode()
@@ -66,12 +67,17 @@ def without_length(body: bytes):
     return send
 
 
+def start_body(h, claimed: int, head: bytes) -> None:
+    """A 200 that claims `claimed` bytes and sends `head` of them."""
+    h.send_response(200)
+    h.send_header("Content-Length", str(claimed))
+    h.end_headers()
+    h.wfile.write(head)
+
+
 def truncated(body: bytes, claimed: int):
     def send(h):
-        h.send_response(200)
-        h.send_header("Content-Length", str(claimed))
-        h.end_headers()
-        h.wfile.write(body)
+        start_body(h, claimed, body)
         h.wfile.flush()
         h.close_connection = True
     return send
@@ -112,10 +118,7 @@ class Loopback:
     def stalled(self, head: bytes, claimed: int):
         """Send the headers and a little of the body, then go silent."""
         def send(h):
-            h.send_response(200)
-            h.send_header("Content-Length", str(claimed))
-            h.end_headers()
-            h.wfile.write(head)
+            start_body(h, claimed, head)
             h.wfile.flush()
             self.stop.wait(20)
         return send

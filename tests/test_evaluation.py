@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from gptpipe.evaluation import split_metrics, total_nats
+from gptpipe.evaluation import (spread_starts, split_metrics, subset_nats, total_nats,
+                                window_nats, windows_total)
 from gptpipe.model import ModelConfig, build
 
 torch.set_num_threads(1)
@@ -112,3 +113,61 @@ def test_split_metrics_of_a_diverged_model_does_not_overflow():
     m = split_metrics(1e6, 10, 10)
     assert math.isfinite(m["perplexity"])
     assert m["loss"] == 1e5
+
+
+# --- the train split's subset (evaluate.train_windows) ----------------------------------
+
+
+@pytest.mark.parametrize("n_targets,windows", [(64_000, 100), (8 * 1000 + 5, 7),
+                                               (8 * 1000, 1000), (8 * 10, 1)])
+def test_the_subset_is_evenly_spread_full_windows_the_same_every_time(n_targets, windows):
+    starts = spread_starts(n_targets, BLOCK, windows)
+    assert np.array_equal(starts, spread_starts(n_targets, BLOCK, windows))  # deterministic
+    full = n_targets // BLOCK
+    assert len(starts) == windows and len(set(starts.tolist())) == windows
+    assert (starts % BLOCK == 0).all() and starts[0] >= 0
+    assert starts[-1] + BLOCK <= n_targets  # full windows only
+    # one window in each of `windows` equal stretches of the split
+    stretch = full / windows
+    index = starts // BLOCK
+    assert (np.floor(index / stretch) == np.arange(windows)).all()
+    gaps = np.diff(index)
+    assert gaps.size == 0 or gaps.max() - gaps.min() <= 1
+    if windows == full:
+        assert np.array_equal(index, np.arange(full))
+
+
+def test_spread_starts_refuses_more_windows_than_the_split_has():
+    with pytest.raises(ValueError):
+        spread_starts(8 * 10, BLOCK, 11)
+
+
+def test_windows_total_counts_the_remainders_window():
+    assert windows_total(8 * 10, BLOCK) == 10
+    assert windows_total(8 * 10 + 3, BLOCK) == 11
+
+
+def test_every_full_window_scores_what_the_exact_path_scores():
+    model = tiny()
+    data = tokens(8 * 40 + 1, seed=5)  # 320 targets: 40 windows, no remainder
+    exact, count = total_nats(model, data, 7, CPU)
+    nats, n_targets, starts, stderr = subset_nats(model, data, 40, 7, CPU)
+    assert n_targets == count == 320 and len(starts) == 40
+    assert nats == pytest.approx(exact, rel=1e-6)  # fp32 sums, in another order
+    assert stderr == 0.0  # the whole population: no sampling error
+
+
+def test_a_subset_scores_its_windows_and_estimates_its_error():
+    model = tiny()
+    data = tokens(8 * 400 + 1, seed=6)
+    nats, n_targets, starts, stderr = subset_nats(model, data, 40, 16, CPU)
+    per_window = window_nats(model, data, starts, 3, CPU)
+    assert n_targets == 40 * BLOCK
+    assert nats == pytest.approx(per_window.sum(), rel=1e-9)
+    for start, value in zip(starts[:3], per_window[:3]):  # each window: its own targets
+        window = data[start:start + BLOCK + 1]
+        want, _ = total_nats(model, window, 1, CPU)
+        assert value == pytest.approx(want, rel=1e-5)
+    exact, count = total_nats(model, data, 16, CPU)
+    assert 0 < stderr < 0.5
+    assert abs(nats / n_targets - exact / count) < 4 * stderr

@@ -35,8 +35,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import (env_for, make_project, run, dvc_status, tiny_text, tmpfs,
-                      write_params)
+from helpers import dvc_status, env_for, make_project, run, run_id_of, tiny_text, tmpfs
+from projects import write_params
 
 SCRIPTS = {"init": "init_model.py", "download": "download.py", "clean": "clean.py",
            "tokenize": "tokenize_text.py", "split": "split.py", "train": "train.py",
@@ -112,10 +112,6 @@ def statuses(project: Path) -> dict[str, str]:
     c = client(project)
     runs = c.search_runs([e.experiment_id for e in c.search_experiments()])
     return {r.info.run_id: r.info.status for r in runs}
-
-
-def run_id_of(project: Path) -> str:
-    return json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
 
 
 def checkpoint_files(project: Path) -> list[Path]:

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import dvc_status, env_for, make_project, run, tiny_text, write_params
+from helpers import (dvc_status, env_for, make_project, one_error_line, run, run_id_of, stages_run,
+    tiny_text)
+from projects import write_params
 from gptpipe import checkpoints
 from gptpipe.files import sha256_file, write_json
 from gptpipe.init_source import PLACEHOLDER
@@ -23,34 +25,27 @@ INIT_OUTS = ("models/init/model.pt", "models/init/tokenizer.json", "models/init/
 TEXT = "the quick brown fox jumps over the lazy dog.\nTHE END.\n" * 200
 
 
-def save_source(folder: Path, text: str = TEXT, **config) -> Path:
-    """A tiny untrained gptpipe model file with its tokenizer beside it."""
+def save_source(folder: Path, text: str = TEXT, legacy: bool = False, **config) -> Path:
+    """A tiny untrained gptpipe model file with its tokenizer beside it (and inside
+    it; legacy: a gptpipe 0.1.x file, which only names it by path and sha256)."""
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = CharTokenizer.train(text)
     write_json(folder / "tokenizer.json", tokenizer.to_json())
     torch.manual_seed(0)
     cfg = ModelConfig(**{"vocab_size": tokenizer.vocab_size, "block_size": 32, "n_layer": 1,
                          "n_head": 2, "n_embd": 32, **config})
-    checkpoints.save(folder / "model.pt", {
-        "format": checkpoints.MODEL_FORMAT, "model_config": cfg.as_dict(),
-        "state_dict": build(cfg).state_dict(),
-        "tokenizer": {"path": "data/tokens/tokenizer.json",
-                      "sha256": sha256_file(folder / "tokenizer.json")}, "step": 0})
+    payload = checkpoints.model_payload(cfg.as_dict(), build(cfg).state_dict(),
+                                        folder / "tokenizer.json", step=0)
+    payload["tokenizer"]["path"] = "data/tokens/tokenizer.json"
+    if legacy:
+        payload["format"] = "gptpipe.model/1"
+        del payload["tokenizer"]["json"]
+    checkpoints.save(folder / "model.pt", payload)
     return folder / "model.pt"
 
 
 def stage(proj: Path, script: str):
     return run(["python", f"stages/{script}"], proj, check=False, timeout=300)
-
-
-def one_error_line(result, prog: str, *needles: str) -> str:
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def init(proj: Path, init_from: str):
@@ -81,13 +76,53 @@ def test_a_model_file_is_copied_with_its_tokenizer_and_resolution(proj, tmp_path
     assert resolved["init_from"] == str(source)
     assert resolved["model_sha256"] == sha256_file(source)
     assert resolved["model_config"]["n_embd"] == 32
-    # A gptpipe project's layout works too: models/model.pt + data/tokens/tokenizer.json.
+    # A gptpipe 0.1.x model file (the tokenizer only named) in a project's layout:
+    # models/model.pt + data/tokens/tokenizer.json.
+    legacy = save_source(tmp_path / "legacy", legacy=True)
     project_like = tmp_path / "other"
     (project_like / "models").mkdir(parents=True)
     (project_like / "data/tokens").mkdir(parents=True)
-    shutil.copy(source, project_like / "models/model.pt")
-    shutil.copy(source.parent / "tokenizer.json", project_like / "data/tokens/tokenizer.json")
+    shutil.copy(legacy, project_like / "models/model.pt")
+    shutil.copy(legacy.parent / "tokenizer.json", project_like / "data/tokens/tokenizer.json")
     assert init(proj, str(project_like / "models/model.pt")).returncode == 0
+    assert (proj / "models/init/model.pt").read_bytes() == legacy.read_bytes()
+    assert checkpoints.load_model_file(legacy)["format"] == "gptpipe.model/1"
+
+
+def test_a_lone_model_file_carries_its_tokenizer(proj, tmp_path):
+    """A model file copied alone: init and `gptpipe sample --model` use the tokenizer
+    inside it; a tokenizer.json beside it that disagrees is one line naming both."""
+    source = save_source(tmp_path / "pretrained")
+    lone = tmp_path / "lone" / "model.pt"
+    lone.parent.mkdir()
+    shutil.copy(source, lone)
+    assert init(proj, str(lone)).returncode == 0
+    assert (proj / "models/init/tokenizer.json").read_bytes() == \
+        (source.parent / "tokenizer.json").read_bytes()
+    sample = ["gptpipe", "sample", "--model", str(lone), "--prompt", "the ",
+              "--max-new-tokens", "5"]
+    result = run(sample, proj, check=False, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("the "), result.stderr
+
+    write_json(lone.parent / "tokenizer.json", CharTokenizer.train("other text").to_json())
+    for result, prog in ((init(proj, str(lone)), "init"),
+                         (run(sample, proj, check=False, timeout=120), "gptpipe")):
+        one_error_line(result, prog, f"{lone.parent / 'tokenizer.json'}: disagrees with the "
+                       f"tokenizer inside {lone}")
+    # the same tokenizer beside it is fine
+    shutil.copy(source.parent / "tokenizer.json", lone.parent / "tokenizer.json")
+    assert init(proj, str(lone)).returncode == 0
+
+
+def test_a_gptpipe_01_model_file_still_loads_for_sampling(tmp_path):
+    from gptpipe.inference import load_model
+
+    legacy = save_source(tmp_path / "legacy", legacy=True)
+    model, tokenizer = load_model(legacy)  # its tokenizer.json beside it, by sha256
+    assert tokenizer.decode(tokenizer.encode("the fox").tolist()) == "the fox"
+    (legacy.parent / "tokenizer.json").unlink()
+    with pytest.raises(Exception, match=r"gptpipe 0\.1\.x model file"):
+        load_model(legacy)
 
 
 def test_bad_sources_fail_with_one_line_and_write_nothing(proj, tmp_path):
@@ -95,7 +130,7 @@ def test_bad_sources_fail_with_one_line_and_write_nothing(proj, tmp_path):
     not_a_model.write_text("hello")
     checkpoint = tmp_path / "checkpoint.pt"
     checkpoints.save(checkpoint, {"format": checkpoints.CHECKPOINT_FORMAT, "trainer": {}})
-    lonely = save_source(tmp_path / "lonely")
+    lonely = save_source(tmp_path / "lonely", legacy=True)
     (tmp_path / "lonely/tokenizer.json").unlink()
     (proj / "models").mkdir()
     shutil.copy(save_source(tmp_path / "own"), proj / "models/model.pt")
@@ -213,10 +248,6 @@ def first_batch_loss(model_file: Path, project: Path, batch_size: int, seed: int
         return loss_fn(model(x), y).item()
 
 
-def run_id_of(project: Path) -> str:
-    return json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
-
-
 @pytest.mark.slow
 def test_finetune_from_a_path_starts_from_its_weights_and_links_the_runs(tmp_path):
     from mlflow.tracking import MlflowClient
@@ -281,10 +312,8 @@ def without_dvc_cache(project: Path, *outs: str) -> None:
 
 
 def ran_with(project: Path, env: dict) -> list[str]:
-    out = run(["dvc", "repro", "train"], project, env=env_for(project, **env),
-              timeout=600).stdout
-    return [line.split("'")[1] for line in out.splitlines()
-            if line.startswith("Running stage '")]
+    return stages_run(run(["dvc", "repro", "train"], project, env=env_for(project, **env),
+                          timeout=600).stdout)
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from gptpipe import gpu_check
 from gptpipe.params import Params
@@ -91,7 +92,6 @@ def test_the_check_runs_on_cpu_and_compares_two_runs_byte_for_byte(tmp_path):
 
 def test_two_runs_that_differ_are_told_apart():
     """The comparison is of bytes: one flipped bit makes `deterministic: no`."""
-    import torch
 
     from gptpipe.model import ModelConfig, build
 
@@ -107,10 +107,10 @@ def test_two_runs_that_differ_are_told_apart():
     assert gpu_check.digest(first) == gpu_check.digest(dict(first))
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA machine")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine")
 def test_without_cuda_it_says_so_in_one_line_and_exits_0():
     result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout == (f"gpu-check: no CUDA device here (torch "
-                             f"{__import__('torch').__version__}); nothing to check\n")
+                             f"{torch.__version__}); nothing to check\n")

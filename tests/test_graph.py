@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from projects import ROOT
 
 PACKAGE = "gptpipe"
 SRC = Path("src")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from projects import ROOT
 
 # (folder holding the top-level package or modules, how its modules are named)
 FOLDERS = {"src/gptpipe": ROOT / "src", "benchmarks/bench": ROOT / "benchmarks",

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (ROOT, TINY_PARAMS, make_project, merge, run, dvc_status,
-                      tiny_text, write_params)
+from helpers import TINY_PARAMS, dvc_status, make_project, run, run_id_of, tiny_text
+from projects import ROOT, merge, write_params
 from gptpipe.lineage import git_state
 
 MATCHES = "the workspace matches this run"
@@ -22,10 +22,6 @@ MATCHES = "the workspace matches this run"
 
 def lineage(project, run_id: str) -> str:
     return run(["gptpipe", "lineage", run_id], project, timeout=120).stdout
-
-
-def run_id_of(project) -> str:
-    return json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
 
 
 def model_sha256(project) -> str:

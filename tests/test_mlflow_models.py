@@ -18,7 +18,8 @@ import yaml
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
-from conftest import BIN, env_for, make_project, run, tiny_text
+import gptpipe
+from helpers import BIN, env_for, make_project, run, run_id_of, tiny_text
 from servers import _stop_group
 from test_mlflow_server import free_port
 
@@ -79,10 +80,6 @@ def _client(project: Path) -> MlflowClient:
     return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
 
 
-def _run_id(project: Path) -> str:
-    return json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
-
-
 def _predict(project: Path, uri: str, *prompts: str) -> list[str]:
     result = run([sys.executable, "-c", LOAD_WITHOUT_PICKLE, uri, json.dumps(PREDICT_PARAMS),
                   *prompts], project)
@@ -97,7 +94,7 @@ def _sample(project: Path, model: str) -> str:
 
 @pytest.mark.slow
 def test_train_logs_a_registered_model_from_code_with_its_weights_and_tokenizer(trained):
-    client, run_id = _client(trained), _run_id(trained)
+    client, run_id = _client(trained), run_id_of(trained)
     # the run page's "Logged models": the run's output, created by this run
     outputs = client.get_run(run_id).outputs.model_outputs
     assert len(outputs) == 1
@@ -140,9 +137,39 @@ def test_train_logs_a_registered_model_from_code_with_its_weights_and_tokenizer(
 
 
 @pytest.mark.slow
+def test_the_shipped_model_is_a_logged_model_at_its_step_with_evaluates_metrics(trained):
+    """MLflow 3: the LoggedModel's step is the kept weights' (train.json), its metrics are
+    that step's val_loss and evaluate's, each on its dataset, so the Models tab and
+    search_logged_models rank models by val bits/char; descriptions on the registry."""
+    client, run_id = _client(trained), run_id_of(trained)
+    ref = json.loads((trained / "reports/mlflow_run.json").read_text())
+    (output,) = client.get_run(run_id).outputs.model_outputs
+    train = json.loads((trained / "reports/train.json").read_text())
+    assert output.model_id == ref["model_id"]
+    assert output.step == train.get("kept_step", train["steps"])
+    model = client.get_logged_model(ref["model_id"])
+    metrics = {(m.key, m.dataset_name): m for m in model.metrics}
+    evaluated = json.loads((trained / "reports/metrics.json").read_text())
+    val_digest = _sha256(trained / "data/split/val.npy")[:12]
+    assert metrics["val.bits_per_char", "val"].value == evaluated["val"]["bits_per_char"]
+    assert metrics["val.bits_per_char", "val"].dataset_digest == val_digest
+    assert metrics["train.loss", "train"].value == evaluated["train"]["loss"]
+    assert metrics["val_loss", None].step == output.step
+    found = client.search_logged_models(
+        experiment_ids=[model.experiment_id],
+        order_by=[{"field_name": "metrics.val.bits_per_char", "ascending": True}])
+    assert [m.model_id for m in found] == [ref["model_id"]]
+    version = client.get_model_version("gptpipe", "1")
+    note = client.get_run(run_id).data.tags["mlflow.note.content"]
+    assert version.description == note and "**val bits/char**" in note
+    assert "**Sample**" in note and "**Weights**: step" in note
+    assert client.get_registered_model("gptpipe").description
+
+
+@pytest.mark.slow
 def test_the_model_loads_without_unpickling_and_matches_gptpipe_sample(trained, monkeypatch,
                                                                       capsys):
-    run_id = _run_id(trained)
+    run_id = run_id_of(trained)
     texts = _predict(trained, f"runs:/{run_id}/model", PROMPT, "\n")
     assert len(texts) == 2 and len(texts[0]) >= N_NEW // 2 and texts[0] != texts[1]
     expected = PROMPT + texts[0] + "\n"
@@ -220,7 +247,7 @@ def test_a_model_of_another_format_names_the_gptpipe_version_it_needs(trained, m
     assert code != 0 and out == ""
     assert err.strip() == (
         f"gptpipe: error: {folder}: gptpipe model format 2 (logged by gptpipe 9.9.9); "
-        "this gptpipe 0.1.0 reads format 1: install gptpipe 9.9.9 to load it")
+        f"this gptpipe {gptpipe.__version__} reads format 1: install gptpipe 9.9.9 to load it")
     loaded = run([sys.executable, "-c", LOAD_WITHOUT_PICKLE, str(folder), "{}", "\n"], trained,
                  check=False)
     assert loaded.returncode != 0 and "install gptpipe 9.9.9 to load it" in loaded.stderr
@@ -318,3 +345,36 @@ def test_champion_is_the_best_version_on_the_val_data_evaluated_last(tmp_path):
     no_model = tracker.create_run("rule", None, {}, {})
     assert promote(tracker, no_model, 1.0) is None  # log_model off: no version, no change
     assert str(client.get_model_version_by_alias("gptpipe", "champion").version) == "6"
+
+
+def test_champion_right_when_parallel_evaluates_interleave(tmp_path):
+    """On a shared server no lock spans the evaluates: one that read the scores before
+    a rival's tag sets the alias after the rival did. Simulated here: right after
+    promote moves the alias, a stale evaluate moves it back to the worse version.
+    promote reads again and puts it right."""
+    from gptpipe.tracking import registry
+    from gptpipe.tracking.registry import VAL_SHA_TAG, promote
+    from gptpipe.tracking.runs import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = tracker.client
+    client.create_registered_model("gptpipe")
+    runs = []
+    for _ in range(2):
+        runs.append(tracker.create_run("race", None, {}, {}))
+        client.create_model_version("gptpipe", (tmp_path / "model").as_uri(), run_id=runs[-1],
+                                    tags={VAL_SHA_TAG: "a" * 64})
+    assert promote(tracker, runs[0], 2.0).startswith("champion -> gptpipe v1")
+    real_set, stale = client.set_registered_model_alias, []
+
+    def set_then_a_stale_evaluate_sets_v1(name, alias, version):
+        real_set(name, alias, version)
+        if not stale:  # the rival that read before v2's tag: once
+            stale.append(str(version))
+            real_set(name, alias, "1")
+
+    client.set_registered_model_alias = set_then_a_stale_evaluate_sets_v1
+    outcome = promote(tracker, runs[1], 1.5)
+    assert stale == ["2"] and outcome.startswith("champion -> gptpipe v2"), outcome
+    assert str(client.get_model_version_by_alias("gptpipe", "champion").version) == "2"
+    assert registry._PROMOTE_ROUNDS > 1

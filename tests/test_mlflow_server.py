@@ -12,7 +12,7 @@ import os
 import pytest
 import requests
 
-from conftest import env_for, make_project, require_module, run, tiny_text
+from helpers import env_for, make_project, require_module, run, stages_run, tiny_text
 from servers import (  # noqa: F401 - free_port, start_server: for test_mlflow_models, test_browser
     MlflowServer, free_port, start_server)
 
@@ -20,11 +20,6 @@ from servers import (  # noqa: F401 - free_port, start_server: for test_mlflow_m
 @pytest.fixture
 def mlflow_server(request, tmp_path) -> MlflowServer:
     return start_server(request, tmp_path / "mlflow-server")
-
-
-def _ran(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines()
-            if line.startswith("Running stage '")]
 
 
 @pytest.mark.slow
@@ -35,7 +30,7 @@ def test_pipeline_logs_runs_metrics_and_artifacts_to_a_tracking_server(mlflow_se
     env = env_for(project, MLFLOW_TRACKING_URI=server.url,
                   NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     result = run(["dvc", "repro"], project, env=env)
-    assert _ran(result.stdout) == ["init", "download", "clean", "tokenize", "split", "train",
+    assert stages_run(result.stdout) == ["init", "download", "clean", "tokenize", "split", "train",
                                    "evaluate", "sample"]
     assert not (project / "mlflow.db").exists(), "the run went to a local store"
     run_id = json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
@@ -78,7 +73,7 @@ def test_pipeline_logs_runs_metrics_and_artifacts_to_a_tracking_server(mlflow_se
     assert not (project / "mlartifacts").exists()
 
     # Nothing changed: nothing reruns, and the server still holds one run.
-    assert _ran(run(["dvc", "repro"], project, env=env).stdout) == []
+    assert stages_run(run(["dvc", "repro"], project, env=env).stdout) == []
     again = server.post("/api/2.0/mlflow/runs/search",
                         {"experiment_ids": [exp["experiment_id"]]}).get("runs", [])
     assert len(again) == 1

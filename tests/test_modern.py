@@ -10,22 +10,19 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import fox_data
 from gptpipe import checkpoints, params
 from gptpipe.errors import UserError
 from gptpipe.model import ModelConfig, build
 from gptpipe.params import TrainParams
 from gptpipe.sampling import generate
-from gptpipe.tokenizers import CharTokenizer
 from gptpipe.optim import Muon, OptimizerChain
 from gptpipe.training import Trainer
 
 torch.set_num_threads(1)
 
 CPU = torch.device("cpu")
-TEXT = "the quick brown fox jumps over the lazy dog.\n" * 40
-TOK = CharTokenizer.train(TEXT)
-DATA = TOK.encode(TEXT).astype(np.uint8)
-TRAIN, VAL = DATA[:1500], DATA[1500:]
+TOK, TRAIN, VAL = fox_data()
 
 
 def modern(seed: int = 0, randomize: bool = False, **overrides) -> torch.nn.Module:

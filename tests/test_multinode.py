@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import env_for, make_project, run, tiny_text
+from helpers import env_for, make_project, run, tiny_text
 from gptpipe import params
 from gptpipe.distributed import World, lost_contact
 from gptpipe.errors import UserError

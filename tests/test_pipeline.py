@@ -8,26 +8,17 @@ import subprocess
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import env_for, run
+from helpers import env_for, run, run_id_of, stages_run
 
 
 def _client(project):
     return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
 
 
-def _run_id(project) -> str:
-    return json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
-
-
-def _ran(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines()
-            if line.startswith("Running stage '")]
-
-
 @pytest.mark.slow
 def test_seven_stages_then_sample_only_rerun_into_the_same_run(project):
     result = run(["dvc", "repro"], project)
-    assert _ran(result.stdout) == ["init", "download", "clean", "tokenize", "split", "train",
+    assert stages_run(result.stdout) == ["init", "download", "clean", "tokenize", "split", "train",
                                    "evaluate", "sample"]
     for out in ("models/model.pt", "reports/metrics.json", "reports/samples.md",
                 "reports/samples.json", "reports/train_losses.csv",
@@ -35,7 +26,7 @@ def test_seven_stages_then_sample_only_rerun_into_the_same_run(project):
         assert (project / out).stat().st_size > 0, out
 
     client = _client(project)
-    run_id = _run_id(project)
+    run_id = run_id_of(project)
     mlrun = client.get_run(run_id)
     assert mlrun.info.status == "FINISHED"
     p = mlrun.data.params
@@ -62,13 +53,13 @@ def test_seven_stages_then_sample_only_rerun_into_the_same_run(project):
     assert {a.path for a in client.list_artifacts(run_id, "plots")} == {"plots/loss_curve.png"}
 
     # no change: nothing runs
-    assert _ran(run(["dvc", "repro"], project).stdout) == []
+    assert stages_run(run(["dvc", "repro"], project).stdout) == []
 
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "trained"], project)
     result = run(["dvc", "exp", "run", "-S", "sample.temperature=0.5"], project)
-    assert _ran(result.stdout) == ["sample"]
-    assert _run_id(project) == run_id
+    assert stages_run(result.stdout) == ["sample"]
+    assert run_id_of(project) == run_id
     mlrun = client.get_run(run_id)
     assert mlrun.info.status == "FINISHED"
     assert mlrun.data.params["sample.temperature"] == "0.8"  # logged once, never again

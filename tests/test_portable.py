@@ -11,7 +11,8 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import ROOT, TINYSHAKESPEARE, play_text, tiny_corpus_note, tiny_text
+from helpers import TINYSHAKESPEARE, play_text, tiny_corpus_note, tiny_text
+from projects import ROOT
 
 # An absolute path under a home or work folder of some machine (POSIX, macOS,
 # Windows). System paths a tool really uses (/usr/bin/..., /etc/..., /dev/null)

@@ -5,7 +5,6 @@ bit-exactly into the same MLflow run; a checkpoint of other params is never used
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import re
@@ -20,7 +19,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import env_for, make_project, run, tiny_text, write_params
+from helpers import env_for, make_project, run, run_id_of, tiny_text
+from projects import write_params
 
 # Long enough to kill mid-run, still a few seconds of CPU. An eval line every step
 # tells the test exactly how far training got before the kill.
@@ -110,10 +110,6 @@ def all_runs(project: Path) -> list:
         return []
     c = client(project)
     return c.search_runs([e.experiment_id for e in c.search_experiments()])
-
-
-def run_id_of(project: Path) -> str:
-    return json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
 
 
 @pytest.fixture(scope="module")

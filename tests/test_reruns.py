@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import make_project, run, dvc_status, tiny_text, write_params
+from helpers import dvc_status, make_project, run, stages_run, tiny_text
+from projects import write_params
 
 ALL = ["init", "download", "clean", "tokenize", "split", "train", "evaluate", "sample"]
 
 
 def ran(project) -> list[str]:
-    """The stages `dvc repro` ran, in order, from its "Running stage 'X'" lines."""
-    out = run(["dvc", "repro"], project, timeout=300).stdout
-    return [line.split("'")[1] for line in out.splitlines()
-            if line.startswith("Running stage '")]
+    """The stages a `dvc repro` ran, in order."""
+    return stages_run(run(["dvc", "repro"], project, timeout=300).stdout)
 
 
 def with_typographic_quotes(text: str) -> str:

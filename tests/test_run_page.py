@@ -145,3 +145,40 @@ def test_best_val_loss_and_its_step_beside_the_last(tracker):
     assert metrics["val_loss"] == 2.2  # the last
     assert metrics["best_val_loss"] == 2.0 and metrics["best_val_step"] == 10
     assert [m.step for m in tracker.client.get_metric_history(run_id, "best_val_loss")] == [10]
+    tracker.log_best_val(run_id, 2.0, 10)  # a train resumed after its last checkpoint
+    for key in ("best_val_loss", "best_val_step"):
+        assert len(tracker.client.get_metric_history(run_id, key)) == 1, key
+
+
+def test_a_run_dvc_does_not_name_is_named_by_its_changed_params():
+    from gptpipe.params import Params, from_dict
+    from gptpipe.tracking.notes import run_name
+
+    assert run_name(Params()) == "baseline"
+    p = from_dict({"train": {"lr": 3.0e-3, "seed": 2, "threads": 4}})
+    assert run_name(p) == "lr=3e-3 seed=2"  # threads: float rounding, not a config: not named
+    many = from_dict({"train": {"lr": 3.0e-3, "seed": 2, "max_iters": 10},
+                      "model": {"n_layer": 2, "n_head": 2}})
+    assert run_name(many) == "max_iters=10 lr=3e-3 seed=2 n_layer=2 +1"
+
+
+def test_description_is_rebuilt_whole_by_each_stage(tracker):
+    from gptpipe.tracking import notes
+
+    run_id = tracker.create_run("gptpipe", "a-run", {"model.kind": "gpt", "model.n_layer": 4,
+                                                     "model.n_head": 4, "model.n_embd": 128,
+                                                     "model.block_size": 64}, {})
+    tracker.log_best_val(run_id, 1.9, 1750)
+    notes.describe(tracker, run_id, {notes.PARAMETERS_TAG: 816896, notes.KEPT_STEP_TAG: 2000,
+                                     notes.SOURCE_TAG: "shakespeare",
+                                     notes.TOKENS_TAG: "900 train + 100 val"})
+    tracker.log_metrics(run_id, [("val.bits_per_char", 2.659, 0), ("val.loss", 1.843, 0)])
+    for _ in range(2):  # evaluate, then sample, each run twice: no line twice
+        notes.describe(tracker, run_id)
+        note = notes.describe(tracker, run_id, {notes.SAMPLE_TAG: notes.first_line("\n\nROMEO:\nx")})
+    assert note == ("**Model**: gpt, 4 layers × 4 heads × 128 wide, 0.82M params, context 64  \n"
+                    "**Data**: shakespeare, 900 train + 100 val tokens  \n"
+                    "**Weights**: step 2000 (best val_loss 1.9000 at step 1750)  \n"
+                    "**val bits/char**: 2.6590 (val loss 1.8430)  \n"
+                    "**Sample**: `ROMEO:`")
+    assert tracker.client.get_run(run_id).data.tags["mlflow.note.content"] == note

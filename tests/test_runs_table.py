@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import env_for, run
+from helpers import env_for, run
 
 # DVC experiment name -> (train.lr, val.bits_per_char, last val_loss, best val_loss)
 RUNS = {"lr-1e-3": ("0.001", 2.9, 2.05, 2.01),
@@ -195,3 +195,35 @@ def test_an_experiment_without_runs_says_so(store):
     result = _runs(store, "--experiment", "empty")
     assert result.stdout == ""
     assert result.stderr.startswith("gptpipe: no runs in experiment 'empty' at sqlite:///")
+
+
+def test_group_by_with_a_baseline(store):
+    """One run per lr here: each group has n = 1, so sd and p are '-' (with a note),
+    and the difference of means is each run's difference to the baseline's."""
+    text = _runs(store, "--group-by", "train.lr", "--baseline", "train.lr=1.0e-3").stdout
+    lines = text.splitlines()
+    assert lines[0].split() == ["group", "n", "baseline", "val.bits_per_char", "mean",
+                                "val.bits_per_char", "sd", "val.bits_per_char", "diff",
+                                "val.bits_per_char", "p"]
+    assert lines[1].split() == ["train.lr=0.003", "1", "2.6000", "-", "-0.3000", "-"]
+    assert lines[2].split() == ["train.lr=0.001", "1", "yes", "2.9000", "-"]
+    assert lines[3].split() == ["train.lr=0.009", "1", "3.1000", "-", "+0.2000", "-"]
+    assert lines[4].startswith("sd and p: - where a group has fewer than 2 runs")
+    frame = pd.read_csv(io.StringIO(_runs(store, "--group-by", "--csv",
+                                          "--metrics", "val_loss").stdout))
+    assert list(frame.columns) == ["group", "n", "val_loss mean", "val_loss sd"]
+    # config: sample.temperature differs (0.5 on lr-1e-3) but changes no val metric
+    assert frame["group"].tolist() == ["train.lr=0.003", "train.lr=0.001", "train.lr=0.009"]
+    assert frame["val_loss mean"].tolist() == [1.85, 2.05, 2.30]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--baseline", "train.lr=1e-3"], "gptpipe: error: --baseline needs --group-by"),
+    (["--group-by", "train.lrr"], "gptpipe: error: --group-by train.lrr: no param train.lrr"),
+    (["--group-by", "train.lr", "--baseline", "train.lr=5e-3"],
+     "gptpipe: error: --baseline train.lr=5e-3: no group has it (groups: train.lr=0.003; "),
+])
+def test_bad_grouping_is_one_line(store, args, message):
+    result = _runs(store, *args, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(message), result.stderr

@@ -13,7 +13,6 @@ Needs Debian's postgresql (scripts/install_postgres.sh) and the dev extra
 fails in CI (CI=true)."""
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import signal
@@ -23,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, env_for, make_project, run, dvc_status, tiny_text
+from helpers import dvc_status, env_for, make_project, run, run_id_of, tiny_text
+from projects import ROOT
 from servers import LOOPBACK, S3_KEYS, TeamServers
 
 SCRIPT = ROOT / "scripts" / "ci_retrain.sh"
@@ -51,10 +51,6 @@ def team_env(project: Path, team: TeamServers, **extra: str) -> dict:
         env.pop(var, None)
     env.update(extra)
     return env
-
-
-def run_id_of(project: Path) -> str:
-    return json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
 
 
 def sha(project: Path, rev: str = "HEAD") -> str:

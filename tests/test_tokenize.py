@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import env_for, run, tiny_text, write_params
+from helpers import assert_absent, env_for, one_error_line, run, tiny_text
+from projects import write_params
 from gptpipe import params, tokenizers
 from gptpipe.arrays import load_tokens, save_tokens
 from gptpipe.errors import UserError
@@ -191,15 +192,8 @@ def outputs(proj: Path):
 
 
 def assert_stage_error(result, proj: Path, *needles: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("tokenize: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    for out in ("data/tokens/tokens.npy", "data/tokens/tokenizer.json", "reports/tokenize.json"):
-        assert not (proj / out).exists()
+    one_error_line(result, "tokenize", *needles)
+    assert_absent(proj, "data/tokens/tokens.npy", "data/tokens/tokenizer.json", "reports/tokenize.json")
 
 
 @pytest.mark.parametrize("kind, dtype", [("char", "uint8"), ("bpe", "uint16")])

@@ -1,4 +1,4 @@
-"""The skip-or-fail rule for missing tools (conftest.require_tool): locally a test
+"""The skip-or-fail rule for missing tools (helpers.require_tool): locally a test
 whose tool is missing skips saying how to install it; in CI (CI=true) it fails,
 naming the install step, so CI can never go green without it."""
 from __future__ import annotations
@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from projects import ROOT
 
 MISSING_TOOL_TEST = '''
-from conftest import require_tool
+from helpers import require_tool
 
 def test_needs_a_tool():
     require_tool("gptpipe-no-such-tool", "`bash scripts/install_nothing.sh`")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import fox_data
 from gptpipe import checkpoints
 from gptpipe.errors import UserError
 from gptpipe.model import ModelConfig, build
@@ -21,10 +22,7 @@ from gptpipe.training import NonFiniteLoss, Trainer
 torch.set_num_threads(1)
 
 CPU = torch.device("cpu")
-TEXT = "the quick brown fox jumps over the lazy dog.\n" * 40
-TOK = CharTokenizer.train(TEXT)
-DATA = TOK.encode(TEXT).astype(np.uint8)
-TRAIN, VAL = DATA[:1500], DATA[1500:]
+TOK, TRAIN, VAL = fox_data()
 
 
 def make_model(kind: str = "gpt", seed: int = 0, **overrides) -> torch.nn.Module:
@@ -291,3 +289,127 @@ def test_check_identity_names_the_differing_keys(tmp_path: Path):
     assert str(path) in msg
     assert "train.lr" in msg and "model.dropout" in msg
     assert "model.n_layer" not in msg and "sha256.train.npy" not in msg
+
+
+# -- keep the best, early stopping, training health -----------------------------------
+
+def overfit_setup(**tp):
+    """A corpus small enough to overfit: 1,200 training characters, whole-val loss
+    lowest near step 100 of 300, then rising by about a nat."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from helpers import tiny_text
+
+    text = tiny_text(3000)
+    tok = CharTokenizer.train(text)
+    data = tok.encode(text).astype(np.uint8)
+    n = int(len(data) * 0.4)
+    torch.manual_seed(0)
+    model = build(ModelConfig(kind="gpt", vocab_size=tok.vocab_size, block_size=16,
+                              n_layer=1, n_head=2, n_embd=64))
+    params = dict(batch_size=16, max_iters=300, lr=3e-3, min_lr=3e-3, warmup_iters=0,
+                  eval_interval=25, eval_batches=4, weight_decay=0.0,
+                  checkpoint_interval=25)
+    params.update(tp)
+    return Trainer(model, data[:n], data[n:], TrainParams(**params), CPU)
+
+
+def whole_val_loss(trainer: Trainer, state: dict | None = None) -> float:
+    """gptpipe.evaluation's loss over the whole val split (evaluate's), of `state`'s
+    weights (default: the trainer's current ones)."""
+    from gptpipe.evaluation import total_nats
+
+    model = trainer.model
+    if state is not None:
+        model = build(model.cfg)
+        model.load_state_dict(state)
+    nats, n = total_nats(model, trainer.val_data, 64, CPU)
+    trainer.model.train()
+    return nats / n
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_keep_ships_the_best_evals_weights_or_the_last(keep):
+    trainer = overfit_setup(keep=keep)
+    whole = {}
+    trainer.run(on_eval=lambda row: whole.__setitem__(row.step, whole_val_loss(trainer)))
+    best = min(trainer.history, key=lambda row: (row.val_loss, row.step)).step
+    assert trainer.best_step == best and 0 < best < 300
+    assert whole[300] > whole[best] + 0.3, whole  # it did overfit
+    shipped = whole_val_loss(trainer, trainer.kept_state_dict())
+    print(f"\nkeep={keep}: best eval step {best}, whole-val {whole[best]:.4f}; "
+          f"last {whole[300]:.4f}; shipped (step {trainer.kept_step}) {shipped:.4f}")
+    if keep == "best":
+        assert trainer.kept_step == best
+        assert shipped == pytest.approx(whole[best], abs=1e-6)
+    else:
+        assert trainer.kept_step == 300 and trainer.best_state is None
+        assert shipped == pytest.approx(whole[300], abs=1e-6)
+
+
+def test_early_stop_stops_after_patience_evals_without_improvement():
+    seen = []
+    trainer = overfit_setup(early_stop_patience=3, early_stop_min_delta=0.01)
+    trainer.run(on_checkpoint=lambda t: seen.append(t.step))
+    stop = trainer.early_stop
+    assert stop is not None and stop.step == trainer.step < 300
+    rows = {row.step: row.val_loss for row in trainer.history}
+    # the last improvement by >= min_delta was 3 evals before the stop
+    ref_step = stop.step - 3 * 25
+    assert all(rows[ref_step] - rows[s] < 0.01 for s in rows if ref_step < s <= stop.step)
+    assert stop.kept_step == trainer.best_step == trainer.kept_step
+    assert seen[-1] == stop.step  # a checkpoint where it stopped (the metrics get logged)
+    assert stop.message() == (f"early stop at step {stop.step}: no val improvement ≥ 0.01 "
+                              f"in 3 evals; keeping step {stop.kept_step}")
+    assert overfit_setup(max_iters=300).early_stop is None  # off by default
+
+
+def test_resume_mid_countdown_keeps_the_best_weights_and_the_countdown(tmp_path: Path):
+    tp = dict(early_stop_patience=4)
+    straight = overfit_setup(**tp)
+    straight.run()
+    assert straight.early_stop is not None
+
+    saved = {}
+    first = overfit_setup(**tp)
+    path = tmp_path / "checkpoint.pt"
+
+    def checkpoint(trainer):  # the checkpoint one eval after the best: mid-countdown
+        if trainer.best_step is not None and trainer.step == trainer.best_step + 25:
+            checkpoints.save(path, {"format": checkpoints.CHECKPOINT_FORMAT,
+                                    "trainer": trainer.state_dict()})
+            saved["step"] = trainer.step
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        first.run(on_checkpoint=checkpoint)
+    resumed = overfit_setup(**tp, seed=1337)
+    torch.manual_seed(5)
+    resumed.load_state_dict(checkpoints.load(path)["trainer"])
+    assert resumed.stale_evals == 1 and resumed.step == saved["step"]
+    resumed.run()
+    assert resumed.early_stop == straight.early_stop
+    a, b = straight.kept_state_dict(), resumed.kept_state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r.val_loss for r in resumed.history] == [r.val_loss for r in straight.history]
+
+
+def test_each_eval_row_carries_the_intervals_gradient_norm_clipping_and_throughput():
+    from gptpipe.reporting import history_csv
+
+    for clip in (1.0, 0.0):
+        trainer = overfit_setup(max_iters=50, grad_clip=clip, peak_gflops=100.0)
+        trainer.run()
+        first, *rows = trainer.history
+        assert first.grad_norm_mean is None  # step 0: no step yet
+        for row in rows:
+            assert 0 < row.grad_norm_mean <= row.grad_norm_max
+            assert 0 <= row.clipped_fraction <= 1 and row.tokens_per_s > 0
+            assert row.gflops_per_s > 0 and row.mfu == pytest.approx(row.gflops_per_s / 100)
+        clipped = [row.clipped_fraction for row in rows]
+        assert (max(clipped) > 0) if clip else (clipped == [0.0, 0.0])
+    header, *lines = history_csv(trainer.history).splitlines()
+    assert header.split(",")[-5:] == ["grad_norm_mean", "grad_norm_max", "clipped_fraction",
+                                      "gflops_per_s", "mfu"]
+    assert lines[0].endswith(",,,,,") and not lines[-1].endswith(",")

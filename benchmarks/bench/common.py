@@ -29,9 +29,9 @@ MIN_EVAL_TOKENS = 20 * 12 * 64  # eval_batches * batch_size * block_size of the 
 SECTIONS = ("peak", "throughput", "sampling", "stages", "firststeps", "loss", "dvc", "evaluate",
             "tokenizers")
 # init first: train reads its models/init/ (placeholders when training from scratch)
-STAGE_SCRIPTS = {"init": "init_model.py", "download": "download.py", "clean": "clean.py", "tokenize": "tokenize_text.py",
-                 "split": "split.py", "train": "train.py", "evaluate": "evaluate.py",
-                 "sample": "sample.py"}
+STAGE_SCRIPTS = {"init": "init_model.py", "download": "download.py", "clean": "clean.py",
+                 "tokenize": "tokenize_text.py", "split": "split.py", "train": "train.py",
+                 "evaluate": "evaluate.py", "sample": "sample.py"}
 DATA_STAGES = ("download", "clean", "tokenize", "split")
 
 # Tiny settings for --quick and for the stage runs that only need the pipeline

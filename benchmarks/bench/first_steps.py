@@ -116,7 +116,7 @@ def bench_first_steps(ctx: Context) -> None:
     ctx.add("firststeps", name_first,
             f"{_spread(firsts)}; steady {median(steadies):,.0f} tok/s (median of the intervals "
             f"after step {first}); {ctx.repeats} stage runs; load at end {load}",
-            f"the same run's steady tokens/s", f"{median(firsts):.2f}x",
+            "the same run's steady tokens/s", f"{median(firsts):.2f}x",
             ctx.judge(f">= {GOAL_FIRST}x (the median)", median(firsts) >= GOAL_FIRST))
     ctx.add("firststeps", name_steady,
             f"{_spread(ratios)}; stage steady {median(steadies):,.0f} tok/s",

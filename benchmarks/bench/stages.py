@@ -92,7 +92,8 @@ def bench_stages(ctx: Context) -> None:
     git_dvc_init(emb)
     all_stages = not (ctx.quick or ctx.data_stages_only) or ctx.corpus is None
     notes = {"train": ", 20 steps of a tiny model" if ctx.quick else
-             ", default model, 100 steps", "evaluate": ", whole train and val splits",
+             ", default model, 100 steps",
+             "evaluate": ", whole val split, evaluate.train_windows of train",
              "sample": ""}
     for name in STAGE_SCRIPTS if all_stages else DATA_STAGES:
         m = emb.stage(name)

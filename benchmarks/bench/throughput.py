@@ -14,11 +14,10 @@ from .peak import matmul_gflops
 
 
 def train_flops_per_token(model, cfg) -> float:
-    """nanoGPT's estimate: 6 x matmul params + 12 x layers x width x context."""
-    import torch.nn as nn
+    """nanoGPT's estimate (gptpipe.model's, which train's history uses too)."""
+    from gptpipe.model import train_flops_per_token as estimate
 
-    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
-    return 6 * matmul + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    return estimate(model)
 
 
 def _plain_step(model, data, batch: int, block: int, seed: int = 0):
@@ -186,7 +185,7 @@ def _bench_compile(ctx: Context) -> None:
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache))
     out = subprocess.run([ctx.python, "-c", _COMPILE_WORKER, "40"], env=env, text=True,
                          capture_output=True)
-    line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if out.returncode != 0 or line is None:
         ctx.add("throughput", name, f"failed: {(out.stderr or out.stdout).strip()[-300:]}")
         return

@@ -26,7 +26,7 @@ FIRST_STEP = re.compile(r"first step done ([\d.]+) s after the process started")
 
 def _history(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
 
 
 def crossing(history: list[dict]) -> tuple[int, float] | None:
@@ -133,7 +133,7 @@ def bench_loss(ctx: Context) -> None:
          [load_yaml(BASELINE_PRESET), {"train": {"autocast": "auto"}}]),
         ("recipe: benchmarks/tinyshakespeare.yaml", [load_yaml(RECIPE_PRESET)])]
     todo = []
-    for i, (name, presets) in enumerate(runs):
+    for i, (name, _presets) in enumerate(runs):
         if proj is None:
             ctx.add("loss", name, "n/a: tinyshakespeare not found (set GPTPIPE_TINYSHAKESPEARE)")
         elif ctx.quick and i < 2:

@@ -1,3 +1,5 @@
 """gptpipe: a reproducible DVC + MLflow pipeline for the lecture's GPT."""
 
-__version__ = "0.1.0"
+# The one place the version lives (pyproject.toml reads it). 0.2: model files hold
+# their tokenizer (checkpoints.MODEL_FORMAT); 0.1.x files still load.
+__version__ = "0.2.0"

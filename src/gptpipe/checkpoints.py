@@ -16,10 +16,18 @@ import torch
 from .errors import UserError
 from .files import atomic_path
 
-MODEL_FORMAT = "gptpipe.model/1"
+# /2 (gptpipe 0.2): self-contained, the tokenizer's JSON inside
+# (payload["tokenizer"]["json"], the exact bytes of its tokenizer.json), and the
+# header says which eval step's weights it holds (train.keep).
+MODEL_FORMAT = "gptpipe.model/2"
+# gptpipe 0.1.x wrote format /1: the tokenizer only by reference (path and
+# sha256), found beside the file or in its project. Still loaded.
+LEGACY_MODEL_FORMATS = {"gptpipe.model/1": "gptpipe 0.1.x"}
 # /2: each optimizer param group keeps its peak lr (initial_lr), which the
 # schedule scales; /1 checkpoints lack it (and Muon's decay was another scale)
-CHECKPOINT_FORMAT = "gptpipe.checkpoint/2"
+# /3: the trainer's state adds the best eval's weights and val loss (train.keep),
+# early stopping's countdown, and the interval's gradient-norm sums; /2 lacks them
+CHECKPOINT_FORMAT = "gptpipe.checkpoint/3"
 
 
 def identity_key(identity: dict) -> str:
@@ -92,8 +100,51 @@ def check_identity(path: Path, stored: dict, expected: dict) -> None:
         raise UserError(f"{path}: checkpoint is from another run, refused: {shown}")
 
 
+def model_payload(model_config: dict, state_dict: dict, tokenizer_path: Path,
+                  **header) -> dict:
+    """A model file's payload: the weights, their config, and the tokenizer both by
+    reference and inside (its file's exact bytes, so their sha256 is the one named)."""
+    text = Path(tokenizer_path).read_bytes()
+    return {"format": MODEL_FORMAT, "model_config": model_config, "state_dict": state_dict,
+            "tokenizer": {"path": Path(tokenizer_path).as_posix(),
+                          "sha256": hashlib.sha256(text).hexdigest(),
+                          "json": text.decode("utf-8")},
+            **header}
+
+
 def load_model_file(path: str | Path) -> dict:
     payload = load(path, "model file")
-    if payload.get("format") != MODEL_FORMAT:
-        raise UserError(f"{path}: not a gptpipe model file (format {payload.get('format')!r})")
+    found = payload.get("format")
+    if found != MODEL_FORMAT and found not in LEGACY_MODEL_FORMATS:
+        raise UserError(f"{path}: not a gptpipe model file (format {found!r})")
+    ref = payload.get("tokenizer")
+    if found == MODEL_FORMAT and not (isinstance(ref, dict) and isinstance(ref.get("json"), str)
+                                      and _sha256(ref["json"]) == ref.get("sha256")):
+        raise UserError(f"{path}: a gptpipe model file whose tokenizer is missing or damaged "
+                        "(its sha256 differs), refused")
     return payload
+
+
+def inner_tokenizer(model_path: str | Path, payload: dict,
+                    outside: list[Path]) -> bytes | None:
+    """The tokenizer JSON inside a model file (None: a legacy, gptpipe 0.1.x file,
+    whose tokenizer is only referenced). Each existing file of `outside` (a
+    tokenizer.json beside the model, or the one a caller names) must be that same
+    tokenizer: else one line naming both."""
+    text = payload["tokenizer"].get("json")
+    if text is None:
+        return None
+    inside = _sha256(text)
+    for candidate in outside:
+        candidate = Path(candidate)
+        if candidate.is_file():
+            theirs = hashlib.sha256(candidate.read_bytes()).hexdigest()
+            if theirs != inside:
+                raise UserError(f"{candidate}: disagrees with the tokenizer inside {model_path} "
+                                f"(sha256 {theirs[:12]} vs {inside[:12]}); remove or replace "
+                                "it")
+    return text.encode("utf-8")
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

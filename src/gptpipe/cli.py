@@ -4,6 +4,8 @@
     gptpipe sample --model models:/gptpipe@champion    ... or from a registered one
     gptpipe lineage RUN_ID               how to get back the code and data of a run
     gptpipe runs --sort val.bits_per_char  compare the MLflow runs as a table
+    gptpipe ui [--port 5000]             MLflow's UI on the runs, in its Model training view
+    gptpipe runs --group-by train.lr --baseline train.lr=1.0e-3   ... pooled over seeds
     gptpipe init --update                re-resolve train.init_from (a moved alias)
     gptpipe ci report STATE --base REV   CI's job summary (scripts/ci_retrain.sh)
 """
@@ -110,8 +112,16 @@ def _print_chain(chain: list[dict]) -> None:
               "trained elsewhere, or before gptpipe tagged models with their sha256)")
 
 
-def _runs(args: argparse.Namespace) -> None:
+def _mlflow_settings(params_file: str):
+    """params.yaml's mlflow section, or its defaults where there is no params.yaml."""
     from . import params as params_mod
+
+    if Path(params_file).exists():
+        return params_mod.load(params_file).mlflow
+    return params_mod.Params().mlflow
+
+
+def _runs(args: argparse.Namespace) -> None:
     from .tracking import runs_table
     from .tracking.runs import Tracker
     from .tracking.store import redact_uri, tracking_uri
@@ -120,21 +130,29 @@ def _runs(args: argparse.Namespace) -> None:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise UserError(f"no MLflow store at {uri}: no run yet (run `dvc repro`), or set "
                         "MLFLOW_TRACKING_URI")
-    settings = params_mod.load(args.params).mlflow if Path(args.params).exists() else None
-    experiment = args.experiment or getattr(settings, "experiment", "gptpipe")
-    model_name = args.model or getattr(settings, "registered_model", "gptpipe")
+    settings = _mlflow_settings(args.params)
+    experiment = args.experiment or settings.experiment
+    model_name = args.model or settings.registered_model or "gptpipe"
     tracker = Tracker(uri)
     versions, champion = runs_table.fetch_versions(tracker.client, model_name)
     runs = runs_table.fetch_runs(experiment)
     if args.run_ids:  # CI's job summary: the runs it made next to the champion
         runs = runs[runs["run_id"].isin([r for r in args.run_ids.split(",") if r])]
+    if args.baseline is not None and args.group_by is None:
+        raise UserError("--baseline needs --group-by (e.g. --group-by train.lr "
+                        "--baseline 'train.lr=1.0e-3')")
+    grouping = args.group_by is not None
     table = runs_table.runs_table(runs, versions, champion,
                                   sort=args.sort, descending=args.desc,
-                                  all_params=args.all_params,
+                                  all_params=args.all_params or grouping,
                                   metric_patterns=args.metrics.split(",") if args.metrics else None)
     if table.empty:
         print(f"gptpipe: no runs in experiment '{experiment}' at {redact_uri(uri)}",
               file=sys.stderr)
+        return
+    if grouping:
+        _print_groups(args, table, [c[len("params."):] for c in runs.columns
+                                    if c.startswith("params.")])
         return
     if args.csv:
         sys.stdout.write(runs_table.to_csv(table))
@@ -142,6 +160,34 @@ def _runs(args: argparse.Namespace) -> None:
         sys.stdout.write(runs_table.to_markdown(table))
     else:
         print(runs_table.to_text(table))
+
+
+def _ui(args: argparse.Namespace) -> None:
+    from .tracking.ui import ui
+
+    settings = _mlflow_settings(args.params)
+    experiment = args.experiment or settings.experiment
+    code = ui(args.port, experiment)
+    if code:
+        raise UserError(f"ui: mlflow server exited with status {code}")
+
+
+def _print_groups(args: argparse.Namespace, table, params: list[str]) -> None:
+    from .tracking import runs_groups
+
+    metrics = None
+    if args.metrics:  # the metrics asked for: the table's metric columns
+        metrics = [c for c in table.columns
+                   if c not in runs_groups.FIRST_COLUMNS and c not in params]
+    groups = runs_groups.group_runs(table, params, args.group_by, metrics, args.baseline)
+    if args.csv:
+        sys.stdout.write(runs_groups.to_csv(groups))
+        for note in groups.notes:
+            print(f"gptpipe: {note}", file=sys.stderr)
+    elif args.markdown:
+        sys.stdout.write(runs_groups.to_markdown(groups))
+    else:
+        sys.stdout.write(runs_groups.to_text(groups))
 
 
 def _init(args: argparse.Namespace) -> None:
@@ -219,10 +265,30 @@ def main(argv: list[str] | None = None) -> None:
                       help="only these runs, comma-separated run ids")
     runs.add_argument("--all-params", action="store_true",
                       help="every param, not only those that differ between the runs")
+    runs.add_argument("--group-by", nargs="?", const="config", default=None, metavar="KEYS",
+                      help="pool the runs into groups by these params' values, comma-separated "
+                           "(e.g. train.lr,model.n_embd); 'config' or none given: every param "
+                           "but train.seed and those that change no result. Per group: n, "
+                           "each metric's mean and sd (default metrics: val.bits_per_char, "
+                           "val.loss)")
+    runs.add_argument("--baseline", default=None, metavar="SELECTOR",
+                      help="with --group-by: the group to compare the others with, as "
+                           "KEY=VALUE[,KEY=VALUE] (e.g. 'train.lr=1.0e-3'): the difference of "
+                           "means and Welch's two-sided t-test p-value")
     output = runs.add_mutually_exclusive_group()
     output.add_argument("--csv", action="store_true", help="CSV (full precision, run ids)")
     output.add_argument("--markdown", action="store_true", help="a markdown table")
     runs.set_defaults(func=_runs)
+    ui = commands.add_parser(
+        "ui", help="MLflow's UI on this project's runs, opened in the Model training view",
+        description="Starts `mlflow server` on the project's store (mlflow.db) on "
+                    "127.0.0.1 and prints the link to the experiment in the Model training "
+                    "view; with MLFLOW_TRACKING_URI set to a server, prints its link only.")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--experiment", default=None,
+                    help="MLflow experiment (default: params.yaml mlflow.experiment)")
+    ui.add_argument("--params", default="params.yaml", help="where the defaults come from")
+    ui.set_defaults(func=_ui)
     init = commands.add_parser(
         "init", help="re-resolve train.init_from (an alias that moved, a rewritten file)",
         description="The init stage pins what train.init_from resolved to in "

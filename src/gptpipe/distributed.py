@@ -67,7 +67,7 @@ def init(device: torch.device) -> World:
     wait = timeout_s()
     try:
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=wait))
-    except Exception as exc:  # noqa: BLE001 - the rendezvous failed: say so in one line
+    except Exception as exc:
         raise UserError(f"could not join the other training processes within "
                         f"{wait:g} s ({_reason(exc)}); start torchrun on every node "
                         "with the same --nnodes and rendezvous address") from exc
@@ -143,7 +143,7 @@ def lost_contact(world: World, resume_hint: Callable[[], str] | None = None
         yield
     except UserError:
         raise
-    except Exception as exc:  # noqa: BLE001 - only peer failures are mapped
+    except Exception as exc:
         if world.size == 1 or not is_lost_contact(exc):
             raise
         others = [r for r in range(world.size) if r != world.rank]

@@ -2,6 +2,7 @@
 shared by the evaluate and sample stages and the `gptpipe sample` command."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -20,18 +21,35 @@ def load_model(model_path: str | Path, tokenizer_path: str | Path | None = None,
     if not model_path.exists():
         raise UserError(f"{model_path}: no trained model yet; run `dvc repro train` first")
     payload = checkpoints.load_model_file(model_path)
-    ref = payload["tokenizer"]
-    tokenizer_path = Path(tokenizer_path or ref["path"])
-    if not tokenizer_path.exists():
-        raise UserError(f"{tokenizer_path}: the model's tokenizer is missing; run "
-                        "`dvc repro tokenize` (or `dvc checkout`)")
-    if sha256_file(tokenizer_path) != ref["sha256"]:
-        raise UserError(f"{tokenizer_path}: not the tokenizer {model_path} was trained with "
-                        "(sha256 differs); run `dvc repro` to retrain")
+    # The tokenizer inside the file; one given here, or a tokenizer.json beside the
+    # file, must be the same.
+    outside = [Path(tokenizer_path)] if tokenizer_path else [model_path.parent / "tokenizer.json"]
+    inside = checkpoints.inner_tokenizer(model_path, payload, outside)
+    if inside is not None:
+        tokenizer = tokenizers.from_json(json.loads(inside), f"{model_path}: its tokenizer")
+    else:
+        tokenizer = tokenizers.load(_legacy_tokenizer(model_path, payload, tokenizer_path))
     model = build(ModelConfig(**payload["model_config"]))
     model.load_state_dict(payload["state_dict"])
     model.to(torch.device(device)).eval()
-    return model, tokenizers.load(tokenizer_path)
+    return model, tokenizer
+
+
+def _legacy_tokenizer(model_path: Path, payload: dict, tokenizer_path) -> Path:
+    """A gptpipe 0.1.x model file names its tokenizer only by path and sha256: the
+    one given, else a tokenizer.json beside it, else that path."""
+    ref = payload["tokenizer"]
+    beside = model_path.parent / "tokenizer.json"
+    tokenizer_path = Path(tokenizer_path or (beside if beside.is_file() else ref["path"]))
+    if not tokenizer_path.exists():
+        raise UserError(f"{tokenizer_path}: the tokenizer of {model_path} (a "
+                        f"{checkpoints.LEGACY_MODEL_FORMATS[payload['format']]} model file, "
+                        "which does not hold it) is missing; run `dvc repro tokenize` (or "
+                        "`dvc checkout`)")
+    if sha256_file(tokenizer_path) != ref["sha256"]:
+        raise UserError(f"{tokenizer_path}: not the tokenizer {model_path} was trained with "
+                        "(sha256 differs); run `dvc repro` to retrain")
+    return tokenizer_path
 
 
 def encode_prompt(tokenizer, prompt: str, what: str) -> list[int]:

@@ -36,16 +36,18 @@ class Resolved:
     """A source model found on disk (a URI's files are downloaded first)."""
     init_from: str
     model_file: Path
-    tokenizer_file: Path
+    tokenizer_file: Path | None  # None: the one inside the model file
     run_id: str = ""        # the MLflow run that trained it, when the URI names one
     model_name: str = ""    # registered model name (models:/ URIs)
     version: str = ""       # registered model version (models:/ URIs)
 
 
 def resolve_path(init_from: str) -> Resolved:
-    """A gptpipe model file on disk; its tokenizer lies beside it (tokenizer.json)
-    or where its project keeps it (the path recorded in the model file, from the
-    project root: models/model.pt -> data/tokens/tokenizer.json)."""
+    """A gptpipe model file on disk, with the tokenizer inside it (a tokenizer.json
+    beside it must be the same). A gptpipe 0.1.x model file only names its
+    tokenizer: it lies beside it (tokenizer.json) or where its project keeps it (the
+    path recorded in the model file, from the project root: models/model.pt ->
+    data/tokens/tokenizer.json)."""
     path = Path(init_from).expanduser()
     if path.resolve() == Path(TRAINED_MODEL).resolve():
         raise UserError(f"train.init_from: {init_from}: this pipeline's own train output; "
@@ -55,6 +57,14 @@ def resolve_path(init_from: str) -> Resolved:
         what = "a folder, not a model file" if path.is_dir() else "no such model file"
         raise UserError(f"train.init_from: {init_from}: {what}")
     ref = describe(path, init_from)["tokenizer"]
+    if ref.get("json") is not None:
+        from . import checkpoints
+
+        try:
+            checkpoints.inner_tokenizer(path, {"tokenizer": ref}, [path.parent / "tokenizer.json"])
+        except UserError as exc:
+            raise UserError(f"train.init_from: {init_from}: {exc}") from None
+        return Resolved(init_from, path, None)
     candidates = [path.parent / "tokenizer.json",
                   path.parent.parent / ref.get("path", "data/tokens/tokenizer.json")]
     for candidate in candidates:
@@ -135,7 +145,8 @@ def materialise(init_from: str, pin: dict | None = None) -> dict:
     with opened(init_from, pin) as found:
         header = describe(found.model_file, init_from)
         model_bytes = found.model_file.read_bytes()
-        tokenizer_bytes = found.tokenizer_file.read_bytes()
+        tokenizer_bytes = found.tokenizer_file.read_bytes() if found.tokenizer_file \
+            else header["tokenizer"]["json"].encode("utf-8")
     if pin and sha256_bytes(model_bytes) != pin["model_sha256"]:
         raise UserError(f"train.init_from: {init_from}: {SOURCE} pins model sha256 "
                         f"{pin['model_sha256'][:12]}, but it now holds "

@@ -297,3 +297,13 @@ def loss_fn(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def train_flops_per_token(model: nn.Module) -> float:
+    """nanoGPT's estimate of one training token's FLOPs (forward and backward):
+    6 x matmul params + 12 x layers x width x context (attention's scores and
+    weighted sum; none in the bigram model)."""
+    cfg = model.cfg
+    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    attention = 0 if cfg.kind == "bigram" else 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    return float(6 * matmul + attention)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, get_args, get_origin, get_type_hints
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 from .errors import UserError
 
@@ -223,11 +223,17 @@ class TrainParams:
     muon_lr: float = checked(0.02, LR_RANGE)  # Muon's peak step; the schedule scales it
     init_from: str = checked("scratch", _non_empty(
         "scratch, a model file, runs:/<id>/model or models:/<name>@<alias>"))
+    keep: Literal["best", "last"] = "best"  # the weights shipped: lowest val loss, or the last
+    early_stop_patience: int = checked(0, Range(0, 1_000_000))  # evals; 0 = off
+    early_stop_min_delta: float = checked(0.0, Range(0, 1e6))  # nats an eval must gain
+    peak_gflops: float = checked(0.0, Range(0, 1e9))  # the device's peak, for MFU; 0 = unknown
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int = checked(32, AT_LEAST_1)  # windows per forward pass
+    # the train split: this many evenly spread windows (the same every run); 0 = all
+    train_windows: int = checked(4096, Range(0))
 
 
 @dataclass(frozen=True)
@@ -248,6 +254,7 @@ class SampleParams:
 class MlflowParams:
     experiment: str = checked("gptpipe", _non_empty("a non-empty name"))
     log_model: bool = True           # log the trained model as an MLflow model
+    log_checkpoints: bool = False    # also each eval step's weights, as a LoggedModel
     registered_model: str = checked("gptpipe", Rule(  # each logged model: a new version
         lambda name: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None,
         "a name of letters, digits, '_', '.', '-'"))
@@ -425,10 +432,12 @@ def from_dict(raw: Any, source: str = PARAMS_FILE) -> Params:
 def load(path: str | Path = PARAMS_FILE) -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # YAML 1.2, as DVC reads it: `dvc exp run -S train.autocast=off` writes a bare
+        # `off`, which YAML 1.1 (PyYAML) would read as false, and 2e-5 is a number.
+        raw = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise UserError(f"{path}: file not found (run from the project root)") from exc
-    except yaml.YAMLError as exc:
+    except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}:{where}: not valid YAML: "

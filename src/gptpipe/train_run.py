@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from . import checkpoints, distributed
-from .devices import AutocastChoice, choose_autocast, make_deterministic, pick_device
+from .devices import (AutocastChoice, ThreadPolicy, choose_autocast, make_deterministic,
+                      pick_device, use_threads)
 from .distributed import World
 from .errors import UserError
 from .lineage import repo_root
@@ -40,6 +41,8 @@ from .training import EvalRow, Trainer
 from .warm_start import Start
 
 MetricRow = tuple[str, float, int]  # (key, value, step)
+# EvalRow's fields logged as metrics beside the losses, at each eval's step
+HEALTH_METRICS = ("grad_norm_mean", "grad_norm_max", "clipped_fraction", "gflops_per_s", "mfu")
 
 
 def start_world(device_name: str) -> tuple[torch.device, World]:
@@ -62,6 +65,9 @@ def stop_on_signals() -> Callable[[], bool]:
     return lambda: bool(received)
 
 
+THREADS_EVERY = 20  # steps between counts of the torch stages running (train.threads 0)
+
+
 @dataclass
 class TrainRun:
     trainer: Trainer
@@ -69,18 +75,19 @@ class TrainRun:
     identity: dict
     checkpoint: Path
     autocast: AutocastChoice
+    threads: ThreadPolicy | None = None  # train.threads (build sets it)
     background_run: object | None = None  # rank 0's BackgroundRun; None on the other ranks
     run_id: str | None = None
     saved_step: int | None = None  # the step of the last checkpoint, once there is one
     unlogged: list[MetricRow] = field(default_factory=list)  # a kill kept from MLflow
     pending: list[MetricRow] = field(default_factory=list)  # evals since the last checkpoint
+    on_eval_main: Callable[[EvalRow], None] | None = None  # rank 0, after each eval
 
     @classmethod
     def build(cls, p: Params, device: torch.device, world: World, background_run,
               begin: Start, train_data: np.ndarray, val_data: np.ndarray,
               data_hashes: dict[str, str]) -> "TrainRun":
-        if p.train.threads:
-            torch.set_num_threads(p.train.threads)
+        threads = use_threads(p.train.threads)  # 0: the cores / the stages running now
         # auto resolves per machine: the resolved dtype is part of what identifies
         # the run, so a checkpoint never resumes in another precision.
         amp = choose_autocast(device, p.train.autocast)
@@ -108,7 +115,8 @@ class TrainRun:
                     model, device_ids=[device.index] if device.type == "cuda" else None)
         trainer = Trainer(model, train_data, val_data, p.train, device, amp.dtype,
                           world=world, ddp_model=ddp_model)
-        return cls(trainer, cfg, identity, ckpt_dir / "checkpoint.pt", amp, background_run)
+        return cls(trainer, cfg, identity, ckpt_dir / "checkpoint.pt", amp, threads,
+                   background_run)
 
     @property
     def world(self) -> World:
@@ -123,6 +131,7 @@ class TrainRun:
         world, trainer = self.world, self.trainer
         return (f"{self.config.kind}, {count_params(trainer.model):,} parameters, device "
                 f"{trainer.device}, {self.autocast.name} ({self.autocast.reason})"
+                f"{f', {self.threads.describe()}' if self.threads else ''}"
                 f"{f', {world.size} processes' if world.size > 1 else ''}")
 
     # -- resume ---------------------------------------------------------------
@@ -175,11 +184,15 @@ class TrainRun:
                   mininterval=1.0, dynamic_ncols=True, disable=not world.is_main) as bar:
             def on_eval(row: EvalRow) -> None:
                 self._buffer_eval(row)
+                if world.is_main and self.on_eval_main is not None:
+                    self.on_eval_main(row)
                 if world.is_main:
                     bar.write(f"step {row.step:>6}: train {row.train_loss:.4f}, "
                               f"val {row.val_loss:.4f}")
 
             def progress(step: int, loss: float, tokens_per_s: float) -> None:
+                if self.threads and step % THREADS_EVERY == 0:  # a stage started or ended
+                    self.threads.apply()
                 if world.is_main:
                     if step == first_step:
                         bar.write(f"train: first step done {process_age_s():.2f} s after "
@@ -192,6 +205,8 @@ class TrainRun:
 
             with distributed.lost_contact(world, self._resume_hint):
                 trainer.run(on_eval, self._save_checkpoint, should_stop, progress)
+        if world.is_main and trainer.early_stop is not None:
+            print(f"train: {trainer.early_stop.message()}", flush=True)
         if world.is_main and self.unlogged:  # resumed at the end: no checkpoint since
             tracker, run_id = self._tracked()
             tracker.log_missing_metrics(run_id, self.unlogged)
@@ -216,6 +231,9 @@ class TrainRun:
                              ("val_loss", row.val_loss, row.step)])
         if row.step:
             self.pending.append(("tokens_per_s", row.tokens_per_s, row.step))
+        # the interval's training health (None at step 0, mfu without train.peak_gflops)
+        self.pending.extend((key, getattr(row, key), row.step) for key in HEALTH_METRICS
+                            if getattr(row, key) is not None)
 
     def _save_checkpoint(self, trainer: Trainer) -> None:
         state = trainer.state_dict()  # a collective under DDP: every rank takes part

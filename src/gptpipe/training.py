@@ -1,8 +1,14 @@
-"""The training loop: the lr schedule, clipping, fixed-batch evals, and the
-Trainer's state, so checkpoints resume bit-exactly.
+"""The training loop: the lr schedule, clipping, fixed-batch evals, the best
+weights so far, early stopping, and the Trainer's state, so checkpoints resume
+bit-exactly.
 
 Everything that decides the next step is in the checkpoint: weights, optimizer
-moments, the step, and every RNG (python, numpy, torch, the window sampler).
+moments, the step, and every RNG (python, numpy, torch, the window sampler);
+and everything that decides what is shipped: the best eval's weights (a CPU
+copy taken at that eval, train.keep: best) and early stopping's countdown.
+Each eval row carries the interval's training health: the gradient norm before
+clipping (mean, max), the fraction of steps clipped, tokens/s, achieved FLOP/s
+and, with train.peak_gflops, MFU.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from .batches import WindowSampler, fixed_batches, gather
 from .devices import autocast
 from .distributed import World, micro_batching
 from .errors import StopRequested, UserError
-from .model import loss_fn
+from .model import loss_fn, train_flops_per_token
 from .optim import configure_optimizer
 from .params import TrainParams
 from .schedule import lr_multiplier
@@ -39,6 +45,39 @@ class EvalRow:
     val_loss: float
     tokens_per_s: float
     elapsed_s: float
+    # the steps since the previous eval (None at step 0: no step yet)
+    grad_norm_mean: float | None = None  # before clipping
+    grad_norm_max: float | None = None
+    clipped_fraction: float | None = None  # of those steps, how many clip_grad_norm_ scaled
+    gflops_per_s: float | None = None    # achieved: train_flops_per_token x tokens/s
+    mfu: float | None = None             # gflops_per_s / train.peak_gflops, when that is set
+
+
+@dataclass
+class EarlyStop:
+    """Why and where training stopped before train.max_iters."""
+    step: int
+    patience: int
+    min_delta: float
+    kept_step: int
+
+    def message(self) -> str:
+        return (f"early stop at step {self.step}: no val improvement ≥ {self.min_delta:g} "
+                f"in {self.patience} evals; keeping step {self.kept_step}")
+
+
+def cpu_copy(state: dict) -> dict:
+    """A detached CPU copy of a state_dict (the best weights stay put while training
+    moves on, and off the GPU)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def total_grad_norm(params, foreach: bool) -> torch.Tensor:
+    """The 2-norm over all gradients, without touching them (train.grad_clip 0)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+        return torch.nn.utils.get_total_norm(grads, foreach=foreach)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 @dataclass
@@ -55,6 +94,14 @@ class Trainer:
     elapsed_s: float = 0.0
     history: list[EvalRow] = field(default_factory=list)
     batch_losses: list[tuple[int, float, float]] = field(default_factory=list)
+    best_step: int | None = None       # the eval with the lowest val loss so far
+    best_val: float = math.inf
+    best_state: dict | None = None     # its weights (CPU), train.keep: best only
+    stop_ref: float = math.inf         # early stopping: the val loss to beat by min_delta
+    stale_evals: int = 0               # evals since stop_ref was last beaten
+    early_stop: EarlyStop | None = None
+    # the steps since the last eval: [sum of grad norms, max, steps clipped, steps]
+    health: list[float] = field(default_factory=lambda: [0.0, 0.0, 0, 0])
 
     def __post_init__(self):
         block = self.model.cfg.block_size
@@ -82,6 +129,12 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": gather(self._rng_state(), self.world),
             "history": [row.__dict__ for row in self.history],
+            "best": {"step": self.best_step, "val_loss": self.best_val,
+                     "state_dict": self.best_state},
+            "early_stop": {"ref": self.stop_ref, "stale_evals": self.stale_evals,
+                           "stopped": None if self.early_stop is None
+                           else self.early_stop.__dict__},
+            "health": list(self.health),
         }
 
     def _rng_state(self) -> dict:
@@ -106,6 +159,28 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.sampler.load_state(rng["sampler"])
         self.history = [EvalRow(**row) for row in state["history"]]
+        best = state["best"]
+        self.best_step, self.best_val = best["step"], float(best["val_loss"])
+        self.best_state = best["state_dict"]
+        stop = state["early_stop"]
+        self.stop_ref, self.stale_evals = float(stop["ref"]), int(stop["stale_evals"])
+        self.early_stop = None if stop["stopped"] is None else EarlyStop(**stop["stopped"])
+        self.health = list(state["health"])
+
+    # -- what is shipped -----------------------------------------------------
+    @property
+    def kept_step(self) -> int:
+        """The step whose weights are shipped: the best eval's (train.keep: best) or
+        the last step's."""
+        if self.tp.keep == "best" and self.best_step is not None:
+            return self.best_step
+        return self.step
+
+    def kept_state_dict(self) -> dict:
+        """The weights to ship (train.keep), as a CPU state_dict."""
+        if self.tp.keep == "best" and self.best_state is not None:
+            return self.best_state
+        return cpu_copy(self.model.state_dict())
 
     # -- evaluation ----------------------------------------------------------
     @torch.no_grad()
@@ -156,9 +231,13 @@ class Trainer:
             raise NonFiniteLoss(f"loss is {total} at step {self.step + 1}; stopped "
                                 "(the last good checkpoint is kept); lower train.lr or "
                                 "raise train.grad_clip")
-        if self.tp.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tp.grad_clip,
-                                           foreach=self.device.type in ("cuda", "cpu"))
+        foreach = self.device.type in ("cuda", "cpu")
+        if self.tp.grad_clip > 0:  # returns the norm before clipping
+            norm = float(torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.tp.grad_clip, foreach=foreach))
+        else:
+            norm = float(total_grad_norm(self.model.parameters(), foreach))
+        self._note_grad_norm(norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -175,7 +254,7 @@ class Trainer:
         if self.step == 0:
             self._evaluate(on_eval, tokens_per_s=0.0)
         t_last, steps_since = time.perf_counter(), 0
-        while self.step < self.tp.max_iters:
+        while self.step < self.tp.max_iters and self.early_stop is None:
             t0 = time.perf_counter()
             loss = self.train_step()
             dt = time.perf_counter() - t0
@@ -190,7 +269,8 @@ class Trainer:
                 self.elapsed_s += time.perf_counter() - t_eval
                 t_last, steps_since = time.perf_counter(), 0
             if on_checkpoint is not None and (self.step % self.tp.checkpoint_interval == 0
-                                              or self.step == self.tp.max_iters):
+                                              or self.step == self.tp.max_iters
+                                              or self.early_stop is not None):
                 on_checkpoint(self)
             if should_stop():
                 if on_checkpoint is not None and self.step % self.tp.checkpoint_interval:
@@ -198,13 +278,50 @@ class Trainer:
                 raise StopRequested(f"stopped by a signal at step {self.step}; the "
                                     "checkpoint is kept: rerun `dvc repro` to resume")
 
+    def _note_grad_norm(self, norm: float) -> None:
+        health = self.health
+        health[0] += norm
+        health[1] = max(health[1], norm)
+        # clip_grad_norm_ scales the gradients when the norm exceeds train.grad_clip
+        health[2] += int(0 < self.tp.grad_clip < norm)
+        health[3] += 1
+
+    def _health(self, tokens_per_s: float) -> dict:
+        """The interval's gradient norms, clipping and throughput (empty at step 0)."""
+        total, peak, clipped, steps = self.health
+        self.health = [0.0, 0.0, 0, 0]
+        if not steps:
+            return {}
+        gflops = train_flops_per_token(self.model) * tokens_per_s / 1e9
+        return {"grad_norm_mean": total / steps, "grad_norm_max": peak,
+                "clipped_fraction": clipped / steps, "gflops_per_s": gflops,
+                "mfu": gflops / self.tp.peak_gflops if self.tp.peak_gflops > 0 else None}
+
     def _evaluate(self, on_eval, tokens_per_s: float) -> None:
         losses = self.estimate_loss()
         row = EvalRow(self.step, self.lr, losses["train"], losses["val"], tokens_per_s,
-                      self.elapsed_s)
+                      self.elapsed_s, **self._health(tokens_per_s))
         self.history.append(row)
+        self._track_best(row.val_loss)
         if on_eval is not None:
             on_eval(row)
+
+    def _track_best(self, val_loss: float) -> None:
+        """The lowest val loss so far (its weights, for train.keep: best), and
+        early stopping's countdown: evals since val loss last dropped by more than
+        train.early_stop_min_delta."""
+        tp = self.tp
+        if val_loss < self.best_val:  # ties keep the earlier step
+            self.best_val, self.best_step = val_loss, self.step
+            if tp.keep == "best":
+                self.best_state = cpu_copy(self.model.state_dict())
+        if val_loss < self.stop_ref and self.stop_ref - val_loss >= tp.early_stop_min_delta:
+            self.stop_ref, self.stale_evals = val_loss, 0  # an improvement of at least min_delta
+        else:
+            self.stale_evals += 1
+        if 0 < tp.early_stop_patience <= self.stale_evals and self.step < tp.max_iters:
+            self.early_stop = EarlyStop(self.step, tp.early_stop_patience,
+                                        tp.early_stop_min_delta, self.kept_step)
 
 
 # RNG states as plain lists/ints, so checkpoints load with weights_only=True.

@@ -21,6 +21,11 @@ _DIGEST_CHARS = 12
 _CONTEXTS = {"train": "training", "val": "validation"}
 
 
+def dataset_digest(sha256: str) -> str:
+    """The digest MLflow shows for a dataset of this sha256 (metrics name it too)."""
+    return sha256[:_DIGEST_CHARS]
+
+
 def log_data_inputs(tracker: Tracker, run_id: str, arrays: dict[str, tuple[Path, str]],
                     download_report: Path | None) -> None:
     """The token arrays ({name: (path, sha256)}, train and val) and the raw corpus
@@ -47,7 +52,7 @@ def array_dataset(name: str, path: Path, sha256: str):
 
     tokens = np.load(path, mmap_mode="r", allow_pickle=False)
     dataset = mlflow.data.from_numpy(tokens, source=_local_source(Path(path).as_posix()),
-                                     name=name, digest=sha256[:_DIGEST_CHARS])
+                                     name=name, digest=dataset_digest(sha256))
     fields = dataset.to_dict()
     fields["profile"] = json.dumps({**json.loads(fields["profile"]), "sha256": sha256})
     return Dataset(**fields)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +26,8 @@ from .store import redact_uri, retry_locked, store_lock
 
 MODEL_NAME = "model"       # runs:/<run_id>/model
 CHAMPION = "champion"
+_PROMOTE_ROUNDS = 10  # re-reads after moving the alias (parallel evaluates)
+_UNSET = object()
 VAL_SHA_TAG, BPC_TAG = "data.sha256.val.npy", "val.bits_per_char"
 # run tags copied onto each model version
 VERSION_TAGS_FROM_RUN = ("git.commit", "git.dirty", "data.sha256.train.npy", VAL_SHA_TAG,
@@ -47,11 +50,21 @@ def _signature():
                             for key, value in predict_defaults().items()]))
 
 
-def log_model(tracker: Tracker, run_id: str, weights: Path, tokenizer: Path, registered_model: str,
-              exp_name: str | None = None, example_prompt: str = "\n") -> str:
-    """Log the model of `run_id` as an MLflow model ("models from code") linked to
-    the run, and register it as a new version of `registered_model`. Returns the
-    version."""
+@dataclass(frozen=True)
+class LoggedModel:
+    model_id: str        # the MLflow 3 LoggedModel (models:/<model_id>)
+    version: str | None  # its registered version, when registered
+
+
+def log_model(tracker: Tracker, run_id: str, weights: Path, tokenizer: Path,
+              registered_model: str | None, exp_name: str | None = None,
+              example_prompt: str = "\n", step: int = 0,
+              name: str = MODEL_NAME) -> LoggedModel:
+    """Log the model of `run_id` as an MLflow 3 LoggedModel ("models from code")
+    linked to the run at training step `step` (the step whose weights these are:
+    MLflow copies the run's metrics at that step, val_loss among them, onto the
+    model), and register it as a new version of `registered_model` (None: not
+    registered, as for an eval-step checkpoint)."""
     import mlflow
     import pandas as pd
     import torch
@@ -60,17 +73,19 @@ def log_model(tracker: Tracker, run_id: str, weights: Path, tokenizer: Path, reg
 
     from . import model_code
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in logs
     client = tracker.client
     run = retry_locked(client.get_run, run_id)
     # Created here, in the run's experiment (Model.log would use the active one).
-    logged = retry_locked(client.create_logged_model, run.info.experiment_id, name=MODEL_NAME,
-                          source_run_id=run_id, params=run.data.params, model_type="gptpipe")
+    logged = retry_locked(client.create_logged_model, run.info.experiment_id, name=name,
+                          source_run_id=run_id, params=run.data.params, model_type="gptpipe",
+                          tags={"gptpipe.step": str(step)})
 
     config = {model_code.FORMAT_KEY: model_code.FORMAT, model_code.VERSION_KEY: __version__}
     try:  # Model.log (not pyfunc.log_model): it takes the run id, no active run needed
         info = Model.log(  # not retried on a locked store: it would log twice
-            artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
-            model_id=logged.model_id, python_model=model_code.__file__,
+            artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+            model_id=logged.model_id, step=int(step), python_model=model_code.__file__,
             artifacts={"weights": str(weights), "tokenizer": str(tokenizer)},
             model_config=config, metadata=config, signature=_signature(),
             input_example=(pd.DataFrame({"prompt": [example_prompt]}), {"max_new_tokens": 8}),
@@ -81,12 +96,43 @@ def log_model(tracker: Tracker, run_id: str, weights: Path, tokenizer: Path, reg
     except BaseException:
         retry_locked(client.finalize_logged_model, logged.model_id, LoggedModelStatus.FAILED)
         raise
+    if registered_model is None:
+        return LoggedModel(logged.model_id, None)
     version = str(info.registered_model_version)
     tags = {key: run.data.tags[key] for key in VERSION_TAGS_FROM_RUN if key in run.data.tags}
     tags["dvc.exp_name"] = exp_name or "(workspace)"
+    tags["gptpipe.model_id"], tags["gptpipe.step"] = logged.model_id, str(step)
     for key, value in tags.items():
         retry_locked(client.set_model_version_tag, registered_model, version, key, value)
-    return version
+    return LoggedModel(logged.model_id, version)
+
+
+def log_eval_weights(tracker: Tracker, run_id: str, weights: list[tuple[int, Path]],
+                     tokenizer: Path) -> None:
+    """Each (step, weights file) as a LoggedModel `checkpoint-<step>` of the run, at that
+    step (so with that step's val_loss and train_loss); not registered. A step the run
+    already has (a rerun after a kill) is not logged twice."""
+    outputs = retry_locked(tracker.client.get_run, run_id).outputs
+    have = {retry_locked(tracker.client.get_logged_model, o.model_id).name
+            for o in (outputs.model_outputs if outputs else [])}
+    for step, path in weights:
+        if f"checkpoint-{step}" not in have:
+            log_model(tracker, run_id, path, tokenizer, None, step=step,
+                      name=f"checkpoint-{step}")
+
+
+def shipped_model_id(tracker: Tracker, ref: dict) -> str | None:
+    """The LoggedModel train shipped for the run reports/mlflow_run.json names: its
+    `model_id`, or (a ref from an older gptpipe) the run's output named `model`;
+    None when the run logged no model."""
+    if ref.get("model_id"):
+        return ref["model_id"]
+    run = retry_locked(tracker.client.get_run, ref["run_id"])
+    for output in (run.outputs.model_outputs if run.outputs else []):
+        model = retry_locked(tracker.client.get_logged_model, output.model_id)
+        if model.name == MODEL_NAME:
+            return model.model_id
+    return None
 
 
 def run_version(tracker: Tracker, run_id: str):
@@ -107,18 +153,29 @@ def promote(tracker: Tracker, run_id: str, val_bits_per_char: float) -> str | No
     retry_locked(client.set_model_version_tag, name, version.version, BPC_TAG,
                  repr(float(val_bits_per_char)))
     val_sha = version.tags.get(VAL_SHA_TAG)
+    first, moved = _UNSET, None
     with store_lock(tracker.uri, "registry"):  # parallel `dvc exp run -j 2` evaluates
-        versions = retry_locked(client.search_model_versions, f"name = '{name}'")
-        rivals = [v for v in versions if v.tags.get(VAL_SHA_TAG) == val_sha
-                  and (BPC_TAG in v.tags or v.version == version.version)]
-        score = {v.version: float(v.tags.get(BPC_TAG, val_bits_per_char)) for v in rivals}
-        best = min(rivals, key=lambda v: (score[v.version], int(v.version)))
-        current = _current_champion(client, name)
-        if current is not None and current.version == best.version:
-            return (f"champion stays {name} v{best.version} "
-                    f"({score[best.version]:.4f} val bits/char)")
-        retry_locked(client.set_registered_model_alias, name, CHAMPION, best.version)
-    was = f"; was v{current.version}" if current is not None else ""
+        # On a server no lock spans the machines: evaluates racing each set the alias
+        # from what they read. So read again after setting, until the champion read is
+        # the best read: the evaluate that reads last sees every score and leaves the
+        # alias right, whatever the order of the others' writes.
+        for _ in range(_PROMOTE_ROUNDS):
+            versions = retry_locked(client.search_model_versions, f"name = '{name}'")
+            rivals = [v for v in versions if v.tags.get(VAL_SHA_TAG) == val_sha
+                      and (BPC_TAG in v.tags or v.version == version.version)]
+            score = {v.version: float(v.tags.get(BPC_TAG, val_bits_per_char)) for v in rivals}
+            best = min(rivals, key=lambda v: (score[v.version], int(v.version)))
+            current = _current_champion(client, name)
+            if first is _UNSET:
+                first = current
+            if current is not None and current.version == best.version:
+                break
+            retry_locked(client.set_registered_model_alias, name, CHAMPION, best.version)
+            moved = best
+    if moved is None:
+        return (f"champion stays {name} v{best.version} "
+                f"({score[best.version]:.4f} val bits/char)")
+    was = f"; was v{first.version}" if first is not None else ""
     return f"champion -> {name} v{best.version} ({score[best.version]:.4f} val bits/char{was})"
 
 

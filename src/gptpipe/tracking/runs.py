@@ -65,7 +65,7 @@ class Tracker:
             return retry_locked(self.client.create_experiment, name,
                                 artifact_location=location,
                                 tags={EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND})
-        except Exception:  # noqa: BLE001 - a parallel job created it first
+        except Exception:
             exp = retry_locked(self.client.get_experiment_by_name, name)
             if exp is None:
                 raise
@@ -119,11 +119,19 @@ class Tracker:
         if changed:
             retry_locked(self.client.log_batch, run_id, tags=changed)
 
-    def log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
+    def log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]],
+                    model_id: str | None = None,
+                    dataset: tuple[str, str] | None = None) -> None:
+        """Log (key, value, step) rows to the run; with `model_id`, to that MLflow 3
+        LoggedModel too (the experiment's Models tab, search_logged_models), measured
+        on `dataset` ((name, digest), as the run's dataset inputs name it)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), now, int(step)) for key, value, step in rows]
+        name, digest = dataset or (None, None)
+        metrics = [Metric(key, float(value), now, int(step), model_id=model_id,
+                          dataset_name=name, dataset_digest=digest)
+                   for key, value, step in rows]
         for i in range(0, len(metrics), 1000):
             retry_locked(self.client.log_batch, run_id, metrics=metrics[i:i + 1000])
 
@@ -137,8 +145,10 @@ class Tracker:
 
     def log_best_val(self, run_id: str, loss: float, step: int) -> None:
         """`best_val_loss` (logged at its step) and `best_val_step`, beside the last
-        `val_loss` on the run page."""
-        self.log_metrics(run_id, [("best_val_loss", loss, step), ("best_val_step", step, step)])
+        `val_loss` on the run page. Once: a train resumed after its last checkpoint
+        (the server lost while it logged its artifacts) logs them again."""
+        self.log_missing_metrics(run_id, [("best_val_loss", loss, step),
+                                          ("best_val_step", step, step)])
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         from mlflow.entities import RunTag

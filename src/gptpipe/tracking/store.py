@@ -98,7 +98,7 @@ def retry_locked(fn, *args, **kwargs):
     for attempt in range(_LOCK_RETRIES):
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - MlflowException wraps OperationalError
+        except Exception as exc:
             if _connection_lost(exc):
                 raise TrackingUnreachable(
                     f"MLflow tracking server {redact_uri(tracking_uri())} stopped answering "
