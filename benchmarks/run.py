@@ -33,6 +33,8 @@ Sections:
               stages, the first always run (as gptpipe's init)
   evaluate    the evaluate stage's inference now vs its fp32 batch-64 past; bf16 and
               fp32 at batch 64 and 256
+  sweep       docs/sweeps.md's 2x2 grid through `dvc queue start -j 2` vs `-j 1`:
+              wall time, the same runs, versions and champion
   tokenizers  BPE training seconds and encode MB/s
 
 Each section is a module of benchmarks/bench/ (bench/time_to_loss.py for
@@ -58,13 +60,14 @@ from bench.peak import bench_peak
 from bench.report import markdown, table
 from bench.sampling import bench_sampling
 from bench.stages import bench_stages, use_shared_corpus
+from bench.sweep import bench_sweep
 from bench.throughput import bench_throughput
 from bench.time_to_loss import bench_loss
 from bench.tokenizers import bench_tokenizers
 
 BENCHES = {"peak": bench_peak, "throughput": bench_throughput, "sampling": bench_sampling,
            "stages": bench_stages, "firststeps": bench_first_steps, "loss": bench_loss, "dvc": bench_dvc,
-           "evaluate": bench_evaluate, "tokenizers": bench_tokenizers}
+           "evaluate": bench_evaluate, "sweep": bench_sweep, "tokenizers": bench_tokenizers}
 
 
 def _interrupt(signum, frame) -> None:

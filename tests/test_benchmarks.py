@@ -35,6 +35,7 @@ EXPECTED_ROWS = [
     ("evaluate", "fp32, batch 64 (the evaluate stage before)"),
     ("evaluate", "the evaluate stage now: train.autocast auto"),
     ("evaluate", "bf16 autocast, batch 256"),
+    ("sweep", "`dvc queue start -j 2`"),
     ("tokenizers", "BPE training, vocab 1024"),
     ("tokenizers", "encode MB/s: char"),
     ("tokenizers", "encode MB/s: bpe 1024"),

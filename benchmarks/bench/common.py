@@ -27,7 +27,7 @@ LOSS_REPEATS = 3          # train runs per config in the loss section: the media
 REF_NOOP_S = 0.77         # no-op `dvc repro` of a 7-stage chain
 MIN_EVAL_TOKENS = 20 * 12 * 64  # eval_batches * batch_size * block_size of the reference
 SECTIONS = ("peak", "throughput", "sampling", "stages", "firststeps", "loss", "dvc", "evaluate",
-            "tokenizers")
+            "sweep", "tokenizers")
 # init first: train reads its models/init/ (placeholders when training from scratch)
 STAGE_SCRIPTS = {"init": "init_model.py", "download": "download.py", "clean": "clean.py",
                  "tokenize": "tokenize_text.py", "split": "split.py", "train": "train.py",

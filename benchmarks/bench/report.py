@@ -141,5 +141,9 @@ def how_section() -> list[str]:
         "without bf16 instructions, marked as emulated.",
         "- **evaluate**: evaluation.total_nats over the same windows for each variant, "
         "interleaved chunk by chunk.",
+        "- **sweep**: docs/sweeps.md's recipe in two identical temp projects (git, DVC, a "
+        "sqlite MLflow store each), the data stages run and committed first; the wall time "
+        "is from `dvc queue start -j N` to the last experiment's end (`dvc queue status`). "
+        "train.threads 0: the stages split the cores between the workers.",
         "",
     ]

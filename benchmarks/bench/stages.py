@@ -86,20 +86,25 @@ def bench_stages(ctx: Context) -> None:
                                dict(os.environ), ctx.tmp / "logs" / "imports.log")
     ctx.corpus = find_corpus(ctx.tmp / "tinyshakespeare-download")
     emb = Project(ctx.tmp / "embedded", ctx.python, ctx.tmp / "mlflow-embedded.db")
-    emb.set_params({"data": {"source": "shakespeare"}}, TINY if ctx.quick else {
-        "train": {"max_iters": 100, "eval_interval": 50, "checkpoint_interval": 100},
-        "mlflow": {"log_model": False}})
+    # the default pipeline as `make run` runs it (--quick: tiny)
+    emb.set_params({"data": {"source": "shakespeare"}}, TINY if ctx.quick else {})
     git_dvc_init(emb)
     all_stages = not (ctx.quick or ctx.data_stages_only) or ctx.corpus is None
-    notes = {"train": ", 20 steps of a tiny model" if ctx.quick else
-             ", default model, 100 steps",
+    notes = {"train": ", 20 steps of a tiny model" if ctx.quick else ", default params",
              "evaluate": ", whole val split, evaluate.train_windows of train",
              "sample": ""}
+    took = {}
     for name in STAGE_SCRIPTS if all_stages else DATA_STAGES:
-        m = emb.stage(name)
+        m = took[name] = emb.stage(name)
         _stage_row(ctx, "embedded corpus", name, m, notes.get(name, ""))
         if name == "train":
             _startup_row(ctx, m)
+    if "evaluate" in took:
+        share = took["evaluate"].seconds / took["train"].seconds
+        ctx.add("stages", "evaluate stage / train stage (embedded corpus, default params)",
+                f"evaluate {took['evaluate'].seconds:.1f} s (whole val split, "
+                f"evaluate.train_windows of train)", f"train {took['train'].seconds:.1f} s",
+                f"{share:.2f}x", ctx.judge("<= 0.20x", share <= 0.20))
     if not all_stages:
         ctx.add("stages", "stages train, evaluate, sample (embedded corpus)",
                 "skipped in --quick and in --only without stages (see tinyshakespeare)")
