@@ -9,7 +9,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from gptpipe import checkpoints, params, warm_start
+from gptpipe import params
 from gptpipe.arrays import load_tokens
 from gptpipe.config_id import TAG as CONFIG_TAG, config_tag
 from gptpipe.errors import run_main
@@ -31,12 +31,15 @@ SPLIT_REPORT = Path("reports/split.json")
 
 def main() -> None:
     p = params.load()
+    # Rank 0 alone talks to MLflow, from an idle-priority process of its own (when and
+    # how, is tracking/background.py's): a down server or refused credentials fail here.
+    # It starts before torch is imported (torchrun's RANK names rank 0), so MLflow's
+    # imports run on the core this process's start-up leaves idle.
+    background_run = BackgroundRun() if os.environ.get("RANK", "0") == "0" else None
+    from gptpipe import warm_start
     from gptpipe.train_run import TrainRun, start_world, stop_on_signals
 
     device, world = start_world(p.train.device)
-    # Rank 0 alone talks to MLflow, from a low-priority process of its own (when and
-    # how, is tracking/background.py's): a down server or refused credentials fail here.
-    background_run = BackgroundRun() if world.is_main else None
     data_hashes = {"train.npy": sha256_file(TRAIN), "val.npy": sha256_file(VAL),
                    "tokenizer.json": sha256_file(TOKENIZER)}
     begin = warm_start.start(p, TOKENIZER)  # scratch, or the init_from weights (checked)
@@ -100,6 +103,7 @@ def _run_spec(p, run, resumed: bool, data_hashes, source: dict) -> RunSpec:
 
 
 def _write_outputs(run, p, tracker) -> None:
+    from gptpipe import checkpoints
     from gptpipe.model import count_params
 
     trainer, cfg, run_id = run.trainer, run.config, run.run_id
@@ -187,6 +191,8 @@ def _eval_weights(run) -> list[tuple[int, Path]]:
 
 
 def _keep_eval_weights(run, step: int) -> None:
+    from gptpipe import checkpoints
+
     model = run.trainer.model
     state = {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()}
     checkpoints.save(run.checkpoint.parent / f"eval-{step}.pt", checkpoints.model_payload(

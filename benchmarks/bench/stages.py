@@ -72,7 +72,7 @@ def _startup_row(ctx: Context, m: Measured) -> None:
     if found is None:
         raise RuntimeError(f"{name}: the train stage did not print its first step's time")
     seconds = float(found.group(1))
-    ctx.add("stages", name, f"{seconds:.2f} s (MLflow opens after this step)",
+    ctx.add("stages", name, f"{seconds:.2f} s (MLflow opens meanwhile, in a process of its own)",
             f"`python -c 'import torch, mlflow'` {ctx.imports.seconds:.2f} s",
             ratio(seconds, ctx.imports.seconds, 2))
 

@@ -5,7 +5,7 @@ normal priority. When MLflow starts is decided here, and only here:
 1. `BackgroundRun()` checks the store synchronously (one loopback request, no
    mlflow import): a down server or refused credentials stop the stage before
    training. Then it starts the tracking process, which imports MLflow and opens
-   the store at low priority (nice 10) while the train stage starts up.
+   the store at idle priority (SCHED_IDLE) while the train stage starts up.
 2. `open(RunSpec(...))` sends what to open: the process creates the run (or
    reopens the one a checkpoint names), logs its params, tags and datasets and
    starts the system metrics monitor, at low priority, while training runs.
