@@ -74,12 +74,8 @@ def _run_spec(p, run, resumed: bool, data_hashes, source: dict) -> RunSpec:
     data = {"datasets": {"train": (TRAIN, data_hashes["train.npy"]),
                          "val": (VAL, data_hashes["val.npy"])},
             "download_report": DOWNLOAD, "system_metrics": True,
-            # ready before training ends: the loss chart's matplotlib, and
-            # registry.log_model's imports (torch, pandas)
-            "warm_imports": ("gptpipe.reporting", "matplotlib.pyplot") + (
-                ("gptpipe.tracking.registry", "gptpipe.tracking.model_code",
-                 "gptpipe.inference", "mlflow.pyfunc", "pandas", "torch")
-                if p.mlflow.log_model or p.mlflow.log_checkpoints else ())}
+            # ready before training ends: what logging the model imports
+            "warm_model_imports": p.mlflow.log_model or p.mlflow.log_checkpoints}
     if resumed:
         return RunSpec(p.mlflow.experiment, run_id=run.run_id, **data)
     # Only the stages before train: dvc.lock's train/evaluate/sample are the last run's.

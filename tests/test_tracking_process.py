@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from gptpipe.errors import UserError
-from gptpipe.tracking import process
+from gptpipe.tracking import process, wire
 from gptpipe.tracking.background import BackgroundRun, RunSpec
+from gptpipe.tracking.registry import LoggedModel
+from gptpipe.tracking.wire import TrackingProcessError
 
 
 def fails(tracker, message: str) -> None:
@@ -22,7 +24,7 @@ def test_run_opened_there_logged_to_and_ended(tmp_path: Path, monkeypatch):
     background = BackgroundRun(uri)
     background.open(RunSpec("exp", params={"train.lr": 0.01}, tags={"t": "x"},
                             metrics=(("m", 1.5, 0),), system_metrics=True,
-                            warm_imports=("gptpipe.reporting",)))
+                            warm_model_imports=False))
     with background.stage():
         deadline = time.time() + 120
         while not background._process._replies and time.time() < deadline:
@@ -35,8 +37,8 @@ def test_run_opened_there_logged_to_and_ended(tmp_path: Path, monkeypatch):
                      tmp_path / "curve.png", "title")
         with pytest.raises(UserError, match="MLflow run no-such-run not found"):
             tracker.reopen("no-such-run")  # its error raised here, as itself
-        with pytest.raises(Exception, match="test_tracking_process"):
-            tracker.call(fails, "x")  # a function the process cannot import: that call fails
+        with pytest.raises(TrackingProcessError, match="fails is not callable in the tracking"):
+            tracker.call(fails, "x")  # not in the process's table: that call fails
         assert tracker.call(process.stop_monitor) is None  # and the process goes on
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
     background._process._proc.wait(timeout=30)  # it exits once the stage is done
@@ -54,7 +56,7 @@ def test_a_failed_metric_write_is_raised_by_the_next_step(tmp_path: Path, monkey
     monkeypatch.chdir(tmp_path)
     background = BackgroundRun(f"sqlite:///{tmp_path / 'mlflow.db'}")
     background.open(RunSpec("exp"))
-    with pytest.raises(Exception):
+    with pytest.raises((UserError, TrackingProcessError)):
         with background.stage():
             tracker, run_id = background.get()
             tracker.log_metrics("no-such-run", [("x", 1.0, 1)])
@@ -62,3 +64,16 @@ def test_a_failed_metric_write_is_raised_by_the_next_step(tmp_path: Path, monkey
             while time.time() < deadline:
                 background.step_done()
                 time.sleep(0.05)
+
+
+def test_what_the_stage_sends_comes_back_the_same_through_json():
+    spec = RunSpec("exp", run_name="lr=3e-3", params={"train.lr": 0.003}, tags={"t": "x"},
+                   metrics=(("data.val_in_train", 0.01, 0),),
+                   datasets={"train": (Path("data/split/train.npy"), "ab" * 32)},
+                   download_report=Path("reports/download.json"), system_metrics=True)
+    message = {"args": (spec, [(0, 4.0, 4.1)], {1: "one"}), "value": LoggedModel("m-1", "2")}
+    data = wire.dumps(message)
+    assert b"pickle" not in data and data.startswith(b"{")
+    assert wire.loads(data) == message
+    with pytest.raises(TypeError, match="cannot send a object"):
+        wire.dumps({"x": object()})

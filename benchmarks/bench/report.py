@@ -130,7 +130,7 @@ def how_section() -> list[str]:
         f"nanoGPT's own {REF_SECONDS:.0f} s (another machine and day) is context.",
         "- **start-up**: the train stage prints when its first optimizer step is done, "
         "in seconds since its process started (/proc); MLflow opens meanwhile in a "
-        "process of its own at nice 10 (tracking/process.py).",
+        "process of its own under SCHED_IDLE (tracking/process.py).",
         "- **firststeps**: the recipe's train stage on tinyshakespeare, `--repeats` runs: "
         "the tokens/s of steps 1-100 over the median of the later 100-step intervals "
         "(reports/train_history.csv, evals excluded), and that median over the same "

@@ -4,7 +4,8 @@
     runs         Tracker: the client that creates, reopens, logs to and ends runs
     datasets     the run's data (train, val, raw corpus) as MLflow datasets
     background   BackgroundRun: the train stage's run, opened in a process of its own
-    process      that process (nice 10) and RemoteTracker, runs.Tracker over a socket
+    process      that process (idle priority) and RemoteTracker, runs.Tracker over a socket
+    wire         how calls, values and errors cross that socket: JSON, never pickle
     registry     log and register the model, the champion alias, model references
     model_code   the MLflow model itself ("models from code": this file is logged)
     runs_table   `gptpipe runs`: an experiment's runs as one table

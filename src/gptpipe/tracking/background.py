@@ -45,9 +45,9 @@ class RunSpec:
     datasets: dict[str, tuple[Path, str]] = field(default_factory=dict)
     download_report: Path | None = None
     system_metrics: bool = False
-    # imported once the run is open, still at low priority: what the stage's last
-    # calls need (logging the model imports torch and pandas) is ready by then
-    warm_imports: tuple[str, ...] = ()
+    # once the run is open, at idle priority, import what logging the model needs
+    # (torch, pandas, mlflow.pyfunc), so the stage's last calls find it done
+    warm_model_imports: bool = False
 
 
 class BackgroundRun:

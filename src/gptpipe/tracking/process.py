@@ -9,12 +9,13 @@ start-up and training leave idle. Calls the train stage waits for (the run id at
 first checkpoint, the end of the run, artifacts, the logged model) run in the
 process's main thread at normal priority, after everything sent before them.
 
-The parent talks to it over a socket pair (multiprocessing's Connection): each
-request is (seq, wait, pickled (function, args)); each gets a reply (seq, ok, value) in
-order. `RemoteTracker` is a runs.Tracker whose methods are such requests:
-metrics are sent without waiting (an error surfaces at the next call or
-`check()`), everything else waits for its reply. `call(fn, ...)` runs
-`fn(tracker, ...)` there (fn importable by name, e.g. registry.log_model).
+The parent talks to it over a socket pair (multiprocessing's Connection, bytes
+only): each request is JSON (tracking/wire.py: seq, wait, the function's name, its
+args); each gets a reply (seq, ok, value or error) in order. No pickle: a function
+is looked up by name in a fixed table (`_callables`). `RemoteTracker` is a
+runs.Tracker whose methods are such requests: metrics are sent without waiting (an
+error surfaces at the next call or `check()`), everything else waits for its reply.
+`call(fn, ...)` runs `fn(tracker, ...)` there (fn one of `_callables`, e.g. registry.log_model).
 
 The process ignores SIGINT and SIGTERM (the train stage, which receives them
 too, ends the run as KILLED through it) and exits when the socket closes: at
@@ -22,13 +23,14 @@ the end of the stage, or when the train stage dies.
 """
 from __future__ import annotations
 
-import importlib
 import os
-import pickle
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from . import wire
+from .wire import TrackingProcessError
 
 LOW_PRIORITY = 19  # the worker thread's nice where SCHED_IDLE is not available
 
@@ -45,10 +47,6 @@ def lower_priority(thread_id: int) -> None:
             os.setpriority(os.PRIO_PROCESS, thread_id, LOW_PRIORITY)
         except (OSError, AttributeError):
             pass
-
-
-class TrackingProcessError(RuntimeError):
-    """The tracking process died, or raised something that does not pickle."""
 
 
 # -- the train stage's side ----------------------------------------------------------
@@ -73,20 +71,22 @@ class TrackerProcess:
         self._conn = Connection(os.dup(ours.fileno()))
         ours.close()
         self._seq = 0
-        self._replies: dict[int, tuple[bool, object]] = {}
+        self._replies: dict[int, tuple[bool, object]] = {}  # (ok, value or error)
         self._forgotten: set[int] = set()  # sent without waiting, their value not wanted
         self._closed = False
 
     def submit(self, fn, *args, wait: bool = False, forget: bool = False, **kwargs) -> int:
-        """Send fn(tracker, *args, **kwargs) (fn a module-level function, or the name
-        of a Tracker method); returns its sequence number, for `result`. `wait`: it
+        """Send fn(tracker, *args, **kwargs) (fn one of `_callables`, or the name of a
+        Tracker method); returns its sequence number, for `result`. `wait`: it
         will be waited for at once (the process runs it at normal priority); `forget`:
         its value is not wanted, only its error (raised by the next check or call)."""
         self._check_open()
+        # encoded first: a value that cannot be sent fails this call alone
+        message = wire.dumps({"seq": self._seq + 1, "wait": wait,
+                              "fn": wire.function_name(fn), "args": args, "kwargs": kwargs})
         self._seq += 1
         try:
-            # the call pickled apart: one the process cannot unpickle fails alone
-            self._conn.send((self._seq, wait, pickle.dumps((fn, args, kwargs))))
+            self._conn.send_bytes(message)
         except (OSError, EOFError):
             raise self._died() from None
         if forget:
@@ -100,7 +100,7 @@ class TrackerProcess:
         self._raise_failed_forgotten()
         ok, value = self._replies[seq]
         if not ok:
-            raise value
+            wire.raise_error(value)
         return value
 
     def call(self, fn, *args, **kwargs):
@@ -115,7 +115,7 @@ class TrackerProcess:
         self._raise_failed_forgotten()
         for ok, value in self._replies.values():  # kept for `result`, which raises it too
             if not ok:
-                raise value
+                wire.raise_error(value)
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Close the socket: the process stops the monitor if it still runs, and exits."""
@@ -132,17 +132,17 @@ class TrackerProcess:
     # -- inside ----------------------------------------------------------------
     def _receive(self, block: bool) -> None:
         try:
-            seq, ok, value = self._conn.recv()
+            reply = wire.loads(self._conn.recv_bytes())
         except (OSError, EOFError):
             raise self._died() from None
-        self._replies[seq] = (ok, value)
+        self._replies[reply["seq"]] = (reply["ok"], reply["value"])
 
     def _raise_failed_forgotten(self) -> None:
         for seq in sorted(self._forgotten & set(self._replies)):
             self._forgotten.discard(seq)
             ok, value = self._replies.pop(seq)
             if not ok:
-                raise value
+                wire.raise_error(value)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -183,12 +183,13 @@ class RemoteTracker:
 
 # -- the tracking process ----------------------------------------------------------
 
-def _picklable(exc: BaseException) -> BaseException:
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:  # noqa: BLE001 - an MLflow exception with odd constructor args
-        return TrackingProcessError(f"{type(exc).__name__}: {exc}")
+def _callables() -> dict:
+    """What `call` may run here, by name: a fixed table, no import by name."""
+    from . import notes, registry
+
+    return {wire.function_name(fn): fn for fn in (
+        open_run, stop_monitor, write_loss_curve, registry.log_model,
+        registry.log_eval_weights, notes.describe)}
 
 
 def serve(fd: int, uri: str) -> None:
@@ -206,25 +207,38 @@ def serve(fd: int, uri: str) -> None:
     send_lock = threading.Lock()
     state: dict = {}
     low: queue.Queue = queue.Queue()
+    callables: dict = {}
 
     def reply(seq: int, ok: bool, value) -> None:
+        try:
+            message = wire.dumps({"seq": seq, "ok": ok, "value": value})
+        except TypeError as exc:  # a value that cannot be sent: that call fails
+            message = wire.dumps({"seq": seq, "ok": False, "value": wire.error(exc)})
         with send_lock:
             try:
-                conn.send((seq, ok, value if ok else _picklable(value)))
+                conn.send_bytes(message)
             except (OSError, EOFError):
                 pass  # the train stage is gone
 
-    def run(seq: int, payload: bytes) -> None:
+    def run(request: dict) -> None:
+        seq, name = request["seq"], request["fn"]
         try:
-            fn, args, kwargs = pickle.loads(payload)
             tracker = state.get("tracker")
             if tracker is None:
                 raise state.get("error") or TrackingProcessError("no tracker")
-            target = getattr(tracker, fn) if isinstance(fn, str) else (
-                lambda *a, **k: fn(tracker, *a, **k))
-            reply(seq, True, target(*args, **kwargs))
+            if ":" in name:
+                fn = callables.get(name)
+                if fn is None:
+                    raise TrackingProcessError(f"{name} is not callable in the tracking process")
+                target = lambda *a, **k: fn(tracker, *a, **k)  # noqa: E731
+            elif name.startswith("_"):
+                raise TrackingProcessError(f"{name} is not a Tracker method")
+            else:
+                target = getattr(tracker, name)
+            value = target(*request["args"], **request["kwargs"])
+            reply(seq, True, value)
         except BaseException as exc:  # noqa: BLE001 - the train stage decides
-            reply(seq, False, exc)
+            reply(seq, False, wire.error(exc))
 
     def worker() -> None:
         lower_priority(threading.get_native_id())
@@ -232,6 +246,7 @@ def serve(fd: int, uri: str) -> None:
             from .runs import Tracker
 
             state["tracker"] = Tracker(uri, checked=True)
+            callables.update(_callables())
         except BaseException as exc:  # noqa: BLE001 - every request answers with it
             state["error"] = exc
         while True:
@@ -239,7 +254,7 @@ def serve(fd: int, uri: str) -> None:
             try:
                 if item is None:
                     return
-                run(*item)
+                run(item)
             finally:
                 low.task_done()
 
@@ -248,14 +263,14 @@ def serve(fd: int, uri: str) -> None:
     try:
         while True:
             try:
-                seq, wait, payload = conn.recv()
+                request = wire.loads(conn.recv_bytes())
             except (OSError, EOFError):
                 break
-            if not wait:
-                low.put((seq, payload))
+            if not request["wait"]:
+                low.put(request)
             else:
                 low.join()  # everything sent before it is done
-                run(seq, payload)
+                run(request)
     finally:
         low.join()
         low.put(None)
@@ -287,25 +302,30 @@ def open_run(tracker, spec) -> str:
         monitor = tracker.system_metrics(run_id)
         monitor.__enter__()
         _MONITORS.append(monitor)
-    if spec.warm_imports:  # in a thread of their own: the run id is not kept waiting
-        import threading
+    import threading  # the imports in a thread of their own: the run id is not kept waiting
 
-        threading.Thread(target=_warm_imports, args=(spec.warm_imports,), daemon=True,
-                         name="mlflow-warm-imports").start()
+    threading.Thread(target=_warm_imports, args=(spec.warm_model_imports,), daemon=True,
+                     name="mlflow-warm-imports").start()
     return run_id
 
 
-def _warm_imports(names: tuple[str, ...]) -> None:
-    """Import what the stage's last calls will need, on what training leaves idle; a
-    call that needs one sooner imports it itself (Python's import lock orders them)."""
+def _warm_imports(model: bool) -> None:
+    """Import what the stage's last calls will need (the loss chart's matplotlib; with
+    `model`, what logging the model imports), on what training leaves idle; a call
+    that needs one sooner imports it itself (Python's import lock orders them)."""
     import threading
 
     lower_priority(threading.get_native_id())
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass  # the call that needs it says so
+    import matplotlib.pyplot  # noqa: F401
+
+    from .. import reporting  # noqa: F401
+    if model:
+        import mlflow.pyfunc  # noqa: F401
+        import pandas  # noqa: F401
+        import torch  # noqa: F401
+
+        from .. import inference  # noqa: F401
+        from . import model_code, registry  # noqa: F401
 
 
 def write_loss_curve(tracker, rows: list[tuple[int, float, float]], path, title: str) -> None:
