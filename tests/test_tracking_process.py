@@ -72,8 +72,9 @@ def test_what_the_stage_sends_comes_back_the_same_through_json():
                    datasets={"train": (Path("data/split/train.npy"), "ab" * 32)},
                    download_report=Path("reports/download.json"), system_metrics=True)
     message = {"args": (spec, [(0, 4.0, 4.1)], {1: "one"}), "value": LoggedModel("m-1", "2")}
-    data = wire.dumps(message)
+    types = {"RunSpec": RunSpec, "LoggedModel": LoggedModel}
+    data = wire.dumps(types, message)
     assert b"pickle" not in data and data.startswith(b"{")
-    assert wire.loads(data) == message
+    assert wire.loads(types, data) == message
     with pytest.raises(TypeError, match="cannot send a object"):
-        wire.dumps({"x": object()})
+        wire.dumps(types, {"x": object()})

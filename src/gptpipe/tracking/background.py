@@ -19,35 +19,13 @@ normal priority. When MLflow starts is decided here, and only here:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 from ..errors import StopRequested
-from .process import RemoteTracker, TrackerProcess, open_run, stop_monitor
+from .process import RemoteTracker, RunSpec, TrackerProcess, open_run, stop_monitor
+
+__all__ = ["BackgroundRun", "RunSpec"]
 from .store import check_reachable, tracking_uri
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """What the background opens: the run `run_id` (a resumed train), or a new run
-    in `experiment` named `run_name` with `params`, `tags` (and those naming the
-    model `init_source` describes, the fine-tune's parent) and its first `metrics`.
-    Either way the run's `datasets` ({name: (path, sha256)}, and the corpus from
-    `download_report`), then `system_metrics` (CPU, memory) until the run ends."""
-    experiment: str
-    run_id: str | None = None
-    run_name: str | None = None
-    params: dict = field(default_factory=dict)
-    tags: dict = field(default_factory=dict)
-    init_source: dict = field(default_factory=dict)  # models/init/source.json
-    metrics: tuple[tuple[str, float, int], ...] = ()  # (key, value, step)
-    datasets: dict[str, tuple[Path, str]] = field(default_factory=dict)
-    download_report: Path | None = None
-    system_metrics: bool = False
-    # once the run is open, at idle priority, import what logging the model needs
-    # (torch, pandas, mlflow.pyfunc), so the stage's last calls find it done
-    warm_model_imports: bool = False
 
 
 class BackgroundRun:

@@ -27,6 +27,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import wire
@@ -47,6 +48,36 @@ def lower_priority(thread_id: int) -> None:
             os.setpriority(os.PRIO_PROCESS, thread_id, LOW_PRIORITY)
         except (OSError, AttributeError):
             pass
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What open_run opens (BackgroundRun.open sends it): the run `run_id` (a resumed
+    train), or a new run in `experiment` named `run_name` with `params`, `tags` (and those naming the
+    model `init_source` describes, the fine-tune's parent) and its first `metrics`.
+    Either way the run's `datasets` ({name: (path, sha256)}, and the corpus from
+    `download_report`), then `system_metrics` (CPU, memory) until the run ends."""
+    experiment: str
+    run_id: str | None = None
+    run_name: str | None = None
+    params: dict = field(default_factory=dict)
+    tags: dict = field(default_factory=dict)
+    init_source: dict = field(default_factory=dict)  # models/init/source.json
+    metrics: tuple[tuple[str, float, int], ...] = ()  # (key, value, step)
+    datasets: dict[str, tuple[Path, str]] = field(default_factory=dict)
+    download_report: Path | None = None
+    system_metrics: bool = False
+    # once the run is open, at idle priority, import what logging the model needs
+    # (torch, pandas, mlflow.pyfunc), so the stage's last calls find it done
+    warm_model_imports: bool = False
+
+
+
+def _wire_types() -> dict[str, type]:
+    """The dataclasses that cross the socket (wire.py tags them by these names)."""
+    from .registry import LoggedModel
+
+    return {"RunSpec": RunSpec, "LoggedModel": LoggedModel}
 
 
 # -- the train stage's side ----------------------------------------------------------
@@ -82,7 +113,7 @@ class TrackerProcess:
         its value is not wanted, only its error (raised by the next check or call)."""
         self._check_open()
         # encoded first: a value that cannot be sent fails this call alone
-        message = wire.dumps({"seq": self._seq + 1, "wait": wait,
+        message = wire.dumps(_wire_types(), {"seq": self._seq + 1, "wait": wait,
                               "fn": wire.function_name(fn), "args": args, "kwargs": kwargs})
         self._seq += 1
         try:
@@ -132,7 +163,7 @@ class TrackerProcess:
     # -- inside ----------------------------------------------------------------
     def _receive(self, block: bool) -> None:
         try:
-            reply = wire.loads(self._conn.recv_bytes())
+            reply = wire.loads(_wire_types(), self._conn.recv_bytes())
         except (OSError, EOFError):
             raise self._died() from None
         self._replies[reply["seq"]] = (reply["ok"], reply["value"])
@@ -211,9 +242,10 @@ def serve(fd: int, uri: str) -> None:
 
     def reply(seq: int, ok: bool, value) -> None:
         try:
-            message = wire.dumps({"seq": seq, "ok": ok, "value": value})
+            message = wire.dumps(_wire_types(), {"seq": seq, "ok": ok, "value": value})
         except TypeError as exc:  # a value that cannot be sent: that call fails
-            message = wire.dumps({"seq": seq, "ok": False, "value": wire.error(exc)})
+            message = wire.dumps(_wire_types(),
+                                 {"seq": seq, "ok": False, "value": wire.error(exc)})
         with send_lock:
             try:
                 conn.send_bytes(message)
@@ -263,7 +295,7 @@ def serve(fd: int, uri: str) -> None:
     try:
         while True:
             try:
-                request = wire.loads(conn.recv_bytes())
+                request = wire.loads(_wire_types(), conn.recv_bytes())
             except (OSError, EOFError):
                 break
             if not request["wait"]:

@@ -1,6 +1,6 @@
 """How calls, values and errors cross the tracking process's socket: JSON, never
-pickle. A value is JSON's own types plus the few the stage sends (paths, tuples,
-RunSpec, LoggedModel), each tagged; a function travels as its name and is looked
+pickle. A value is JSON's own types plus paths, tuples and the dataclasses the
+caller names (the process: RunSpec, LoggedModel), each tagged; a function travels as its name and is looked
 up in a fixed table on the other side; an error travels as its type's name and
 message, and a UserError stays a UserError (the stage prints it as one line)."""
 from __future__ import annotations
@@ -17,12 +17,13 @@ class TrackingProcessError(RuntimeError):
     UserError."""
 
 
-def dumps(message) -> bytes:
-    return json.dumps(_encode(message)).encode("utf-8")
+def dumps(types: dict[str, type], message) -> bytes:
+    """`message` as JSON; `types`: the dataclasses it may hold, by name."""
+    return json.dumps(_encode(message, types)).encode("utf-8")
 
 
-def loads(data: bytes):
-    return _decode(json.loads(data.decode("utf-8")))
+def loads(types: dict[str, type], data: bytes):
+    return _decode(json.loads(data.decode("utf-8")), types)
 
 
 def function_name(fn) -> str:
@@ -41,46 +42,38 @@ def raise_error(err: dict) -> None:
     raise TrackingProcessError(f"{err['type']}: {err['message']}")
 
 
-def _dataclasses() -> dict[str, type]:
-    # imported here: background imports the process module, which imports this one
-    from .background import RunSpec
-    from .registry import LoggedModel
-
-    return {"RunSpec": RunSpec, "LoggedModel": LoggedModel}
-
-
-def _encode(obj):
+def _encode(obj, types: dict[str, type]):
     if obj is None or isinstance(obj, (str, bool, int, float)):
         return obj
     if isinstance(obj, Path):
         return {"$path": str(obj)}
     if isinstance(obj, tuple):
-        return {"$tuple": [_encode(x) for x in obj]}
+        return {"$tuple": [_encode(x, types) for x in obj]}
     if isinstance(obj, list):
-        return [_encode(x) for x in obj]
+        return [_encode(x, types) for x in obj]
     if isinstance(obj, dict):  # keys of any JSON-able type, in order
-        return {"$dict": [[_encode(k), _encode(v)] for k, v in obj.items()]}
-    if dataclasses.is_dataclass(obj) and type(obj).__name__ in _dataclasses():
+        return {"$dict": [[_encode(k, types), _encode(v, types)] for k, v in obj.items()]}
+    if dataclasses.is_dataclass(obj) and types.get(type(obj).__name__) is type(obj):
         return {"$dataclass": type(obj).__name__,
-                "fields": {f.name: _encode(getattr(obj, f.name))
+                "fields": {f.name: _encode(getattr(obj, f.name), types)
                            for f in dataclasses.fields(obj)}}
     if hasattr(obj, "item"):  # a numpy or torch scalar
-        return _encode(obj.item())
+        return _encode(obj.item(), types)
     raise TypeError(f"cannot send a {type(obj).__name__} to the tracking process")
 
 
-def _decode(obj):
+def _decode(obj, types: dict[str, type]):
     if isinstance(obj, list):
-        return [_decode(x) for x in obj]
+        return [_decode(x, types) for x in obj]
     if not isinstance(obj, dict):
         return obj
     if "$path" in obj:
         return Path(obj["$path"])
     if "$tuple" in obj:
-        return tuple(_decode(x) for x in obj["$tuple"])
+        return tuple(_decode(x, types) for x in obj["$tuple"])
     if "$dict" in obj:
-        return {_decode(k): _decode(v) for k, v in obj["$dict"]}
+        return {_decode(k, types): _decode(v, types) for k, v in obj["$dict"]}
     if "$dataclass" in obj:
-        return _dataclasses()[obj["$dataclass"]](
-            **{k: _decode(v) for k, v in obj["fields"].items()})
+        return types[obj["$dataclass"]](
+            **{k: _decode(v, types) for k, v in obj["fields"].items()})
     raise ValueError(f"not a value the tracking process sends: {sorted(obj)}")
