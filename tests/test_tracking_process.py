@@ -2,6 +2,7 @@
 calls it runs for the stage, its errors raised in the stage, its exit at the end."""
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def test_run_opened_there_logged_to_and_ended(tmp_path: Path, monkeypatch):
     run = MlflowClient(uri).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params == {"train.lr": "0.01"} and run.data.tags["t"] == "x"
+    # the Source is this process's script (the stage's, in a stage), not the child's -c
+    assert run.data.tags["mlflow.source.name"] == Path(sys.argv[0]).name
     assert run.data.metrics["m"] == 1.5 and run.data.metrics["val_loss"] == 2.0
     assert any(k.startswith("system/") for k in run.data.metrics)
 

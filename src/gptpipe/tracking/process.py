@@ -96,7 +96,8 @@ class TrackerProcess:
         self.uri = uri
         self._proc = subprocess.Popen(
             [sys.executable, "-c", "import sys; from gptpipe.tracking.process import serve; "
-             "serve(int(sys.argv[1]), sys.argv[2])", str(theirs.fileno()), uri],
+             "serve(int(sys.argv[1]), sys.argv[2], sys.argv[3])", str(theirs.fileno()), uri,
+             sys.argv[0]],
             pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self._conn = Connection(os.dup(ours.fileno()))
@@ -223,9 +224,10 @@ def _callables() -> dict:
         registry.log_eval_weights, notes.describe)}
 
 
-def serve(fd: int, uri: str) -> None:
+def serve(fd: int, uri: str, script: str) -> None:
     """The tracking process: answer the requests on `fd` until it closes, then exit
-    at once (everything is written by then: no interpreter teardown to wait for)."""
+    at once (everything is written by then: no interpreter teardown to wait for).
+    `script` is the stage's own (stages/train.py)."""
     import queue
     import signal
     import threading
@@ -234,6 +236,9 @@ def serve(fd: int, uri: str) -> None:
     # the train stage gets these too and ends the run through us: stay until it has
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    # The run's Source tag names the script that opens it (runs.source_tags reads
+    # sys.argv[0]): the stage's, not this process's `-c`.
+    sys.argv = [script]
     conn = Connection(fd)
     send_lock = threading.Lock()
     state: dict = {}
