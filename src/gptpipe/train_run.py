@@ -9,7 +9,8 @@ checkpoint, and the metric rows it owes MLflow.
   process's error); the first checkpoint waits for it, since it stores the run id.
 - Metrics reach MLflow only once the checkpoint covering them is on disk, and the
   checkpoint keeps them too: a resumed run sends those the MLflow run lacks, so its
-  history continues without gaps or duplicates.
+  history continues without gaps or duplicates. They are sent without waiting; the
+  next checkpoint, which no longer carries them, waits until they are written.
 - SIGTERM / Ctrl-C stop at a step boundary, after a checkpoint.
 
 Under DDP every rank trains; rank 0 alone has a BackgroundRun and writes files
@@ -241,6 +242,9 @@ class TrainRun:
             self.saved_step = trainer.step  # rank 0 is writing it
             return
         tracker, run_id = self._tracked()  # the checkpoint names the run: wait for it
+        # The last checkpoint's rows went to MLflow without waiting, and this checkpoint
+        # will not carry them: they must be written before it replaces that one.
+        tracker.flush()
         rows = self.pending + [(k, v, s) for s, lr, loss in trainer.batch_losses
                                for k, v in (("batch_loss", loss), ("lr", lr))]
         # The rows go in the checkpoint too: a kill between the save and the log

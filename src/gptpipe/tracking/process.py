@@ -200,6 +200,11 @@ class RemoteTracker:
         """fn(the process's Tracker, *args, **kwargs), there; its value."""
         return self._process.call(fn, *args, **kwargs)
 
+    def flush(self) -> None:
+        """Wait until everything sent so far is written (metrics included), raising
+        the first error among it."""
+        self._process.call(written)
+
     def __getattr__(self, name: str):
         if name.startswith("_"):
             raise AttributeError(name)
@@ -220,7 +225,7 @@ def _callables() -> dict:
     from . import notes, registry
 
     return {wire.function_name(fn): fn for fn in (
-        open_run, stop_monitor, write_loss_curve, registry.log_model,
+        open_run, written, stop_monitor, write_loss_curve, registry.log_model,
         registry.log_eval_weights, notes.describe)}
 
 
@@ -375,6 +380,10 @@ def write_loss_curve(tracker, rows: list[tuple[int, float, float]], path, title:
 
     write([SimpleNamespace(step=s, train_loss=t, val_loss=v) for s, t, v in rows],
           Path(path), title)
+
+
+def written(tracker) -> None:
+    """Nothing: as a waited call it returns once everything sent before it is done."""
 
 
 def stop_monitor(tracker) -> None:
