@@ -81,3 +81,24 @@ def test_what_the_stage_sends_comes_back_the_same_through_json():
     assert wire.loads(types, data) == message
     with pytest.raises(TypeError, match="cannot send a object"):
         wire.dumps(types, {"x": object()})
+
+
+def test_retry_on_retries_only_the_named_errors():
+    """log_data_inputs's lost insert race (writers of the same data at once) is retried;
+    any other error is raised at once."""
+    from gptpipe.tracking.store import retry_locked
+
+    calls = []
+
+    def insert_once_lost():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("(psycopg2.errors.UniqueViolation) duplicate key dataset_pk")
+        return "linked"
+
+    assert retry_locked(insert_once_lost, retry_on=("UniqueViolation",)) == "linked"
+    assert len(calls) == 2
+    calls.clear()
+    with pytest.raises(RuntimeError, match="UniqueViolation"):
+        retry_locked(insert_once_lost)  # not named: not retried
+    assert len(calls) == 1

@@ -8,7 +8,6 @@ The whole sha256 is in the dataset's profile (and in the run's data.sha256.* tag
 from __future__ import annotations
 
 import json
-import time
 import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,25 +39,11 @@ def log_data_inputs(tracker: Tracker, run_id: str, arrays: dict[str, tuple[Path,
     if download_report is not None and Path(download_report).exists():
         inputs.append(DatasetInput(corpus_dataset(download_report),
                                    [InputTag("mlflow.data.context", "source")]))
-    for attempt in range(_RACE_RETRIES):
-        try:
-            retry_locked(tracker.client.log_inputs, run_id, datasets=inputs)
-            return
-        except Exception as exc:
-            # Runs of the same data logging at once (a sweep, several writers on one
-            # server) race to insert the same dataset row; the loser's retry finds it.
-            if not _lost_insert_race(exc) or attempt == _RACE_RETRIES - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-
-
-_RACE_RETRIES = 5
-
-
-def _lost_insert_race(exc: Exception) -> bool:
-    text = str(exc)
-    return "dataset" in text and ("UniqueViolation" in text or "UNIQUE constraint" in text
-                                  or "Duplicate entry" in text)
+    # Runs of the same data logging at once (a sweep, several writers on one server)
+    # race to insert the same dataset row; the loser's retry finds it (logging again
+    # is a no-op, so a retry is safe).
+    retry_locked(tracker.client.log_inputs, run_id, datasets=inputs,
+                 retry_on=("UniqueViolation", "UNIQUE constraint failed", "Duplicate entry"))
 
 
 def array_dataset(name: str, path: Path, sha256: str):

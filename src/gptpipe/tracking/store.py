@@ -91,10 +91,11 @@ def _connection_lost(exc: BaseException) -> bool:
     return False
 
 
-def retry_locked(fn, *args, **kwargs):
+def retry_locked(fn, *args, retry_on: tuple[str, ...] = (), **kwargs):
     """fn(*args, **kwargs), for every call that reads or writes the store: sqlite
     allows one writer, so parallel `dvc exp run -j 2` jobs wait their turn. A server
-    that stopped answering becomes one line saying what to do."""
+    that stopped answering becomes one line saying what to do. `retry_on`: other
+    errors (by a piece of their message) worth a retry, for an idempotent fn only."""
     for attempt in range(_LOCK_RETRIES):
         try:
             return fn(*args, **kwargs)
@@ -104,7 +105,8 @@ def retry_locked(fn, *args, **kwargs):
                     f"MLflow tracking server {redact_uri(tracking_uri())} stopped answering "
                     "mid-stage; what was done is kept (a training checkpoint too): rerun "
                     "`dvc repro` once the server is back, it resumes the same run") from None
-            if "database is locked" not in str(exc) or attempt == _LOCK_RETRIES - 1:
+            if not any(text in str(exc) for text in ("database is locked", *retry_on)) \
+                    or attempt == _LOCK_RETRIES - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
 
