@@ -53,4 +53,4 @@ def _markdown(rows, s) -> str:
 
 
 if __name__ == "__main__":
-    run_main(main, "sample")
+    run_main(main, "sample", skip_teardown=True)  # it imports torch: errors.py

@@ -35,7 +35,9 @@ def main() -> None:
     # how, is tracking/background.py's): a down server or refused credentials fail here.
     # It starts before torch is imported (torchrun's RANK names rank 0), so MLflow's
     # imports run on the core this process's start-up leaves idle.
-    background_run = BackgroundRun() if os.environ.get("RANK", "0") == "0" else None
+    background_run = (BackgroundRun(warm_model_imports=p.mlflow.log_model or
+                                    p.mlflow.log_checkpoints)
+                      if os.environ.get("RANK", "0") == "0" else None)
     from gptpipe import warm_start
     from gptpipe.train_run import TrainRun, start_world, stop_on_signals
 
@@ -73,9 +75,7 @@ def _run_spec(p, run, resumed: bool, data_hashes, source: dict) -> RunSpec:
     the run page's Datasets, then CPU and memory while training."""
     data = {"datasets": {"train": (TRAIN, data_hashes["train.npy"]),
                          "val": (VAL, data_hashes["val.npy"])},
-            "download_report": DOWNLOAD, "system_metrics": True,
-            # ready before training ends: what logging the model imports
-            "warm_model_imports": p.mlflow.log_model or p.mlflow.log_checkpoints}
+            "download_report": DOWNLOAD, "system_metrics": True}
     if resumed:
         return RunSpec(p.mlflow.experiment, run_id=run.run_id, **data)
     # Only the stages before train: dvc.lock's train/evaluate/sample are the last run's.
@@ -211,4 +211,4 @@ def _raw_corpus_sha256() -> str:
 
 
 if __name__ == "__main__":
-    run_main(main, "train")
+    run_main(main, "train", skip_teardown=True)  # it imports torch: errors.py

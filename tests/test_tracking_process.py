@@ -24,8 +24,7 @@ def test_run_opened_there_logged_to_and_ended(tmp_path: Path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     background = BackgroundRun(uri)
     background.open(RunSpec("exp", params={"train.lr": 0.01}, tags={"t": "x"},
-                            metrics=(("m", 1.5, 0),), system_metrics=True,
-                            warm_model_imports=False))
+                            metrics=(("m", 1.5, 0),), system_metrics=True))
     with background.stage():
         deadline = time.time() + 120
         while not background._process._replies and time.time() < deadline:

@@ -31,12 +31,14 @@ from .store import check_reachable, tracking_uri
 class BackgroundRun:
     """An MLflow run opening in the tracking process (module docstring)."""
 
-    def __init__(self, uri: str | None = None):
+    def __init__(self, uri: str | None = None, warm_model_imports: bool = False):
+        """warm_model_imports: the stage will log a model (tracking/process.py)."""
         self._uri = uri or tracking_uri()
         # Here, before the process: a down server or refused credentials stop the
         # stage before training (a loopback request, not MLflow's seconds of imports).
         check_reachable(self._uri)
-        self._process = TrackerProcess(self._uri)  # imports MLflow, opens the store
+        # imports MLflow, opens the store
+        self._process = TrackerProcess(self._uri, warm_model_imports)
         self._tracker = RemoteTracker(self._process)
         self._opening: int | None = None  # the open request's sequence number
 

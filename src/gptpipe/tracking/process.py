@@ -5,7 +5,8 @@ never imports mlflow, so its GIL and its cores stay with training.
 worker thread runs under SCHED_IDLE (Linux schedules threads one by one): it
 imports MLflow, opens the store, then creates or reopens the run, logs its params,
 tags, datasets, and starts the system metrics monitor, on what the train stage's
-start-up and training leave idle. Calls the train stage waits for (the run id at the
+start-up and training leave idle; a thread beside it, as idle, imports what the
+stage's last calls need (`_warm_imports`). Calls the train stage waits for (the run id at the
 first checkpoint, the end of the run, artifacts, the logged model) run in the
 process's main thread at normal priority, after everything sent before them.
 
@@ -67,9 +68,6 @@ class RunSpec:
     datasets: dict[str, tuple[Path, str]] = field(default_factory=dict)
     download_report: Path | None = None
     system_metrics: bool = False
-    # once the run is open, at idle priority, import what logging the model needs
-    # (torch, pandas, mlflow.pyfunc), so the stage's last calls find it done
-    warm_model_imports: bool = False
 
 
 
@@ -83,7 +81,7 @@ def _wire_types() -> dict[str, type]:
 # -- the train stage's side ----------------------------------------------------------
 
 class TrackerProcess:
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, warm_model_imports: bool = False):
         from multiprocessing.connection import Connection
 
         ours, theirs = socket.socketpair()
@@ -96,8 +94,8 @@ class TrackerProcess:
         self.uri = uri
         self._proc = subprocess.Popen(
             [sys.executable, "-c", "import sys; from gptpipe.tracking.process import serve; "
-             "serve(int(sys.argv[1]), sys.argv[2], sys.argv[3])", str(theirs.fileno()), uri,
-             sys.argv[0]],
+             "serve(int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == '1')",
+             str(theirs.fileno()), uri, sys.argv[0], "1" if warm_model_imports else "0"],
             pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self._conn = Connection(os.dup(ours.fileno()))
@@ -229,10 +227,11 @@ def _callables() -> dict:
         registry.log_eval_weights, notes.describe)}
 
 
-def serve(fd: int, uri: str, script: str) -> None:
+def serve(fd: int, uri: str, script: str, warm_model_imports: bool = False) -> None:
     """The tracking process: answer the requests on `fd` until it closes, then exit
     at once (everything is written by then: no interpreter teardown to wait for).
-    `script` is the stage's own (stages/train.py)."""
+    `script` is the stage's own (stages/train.py); `warm_model_imports`: import what
+    logging the model needs (_warm_imports) as soon as the store is open."""
     import queue
     import signal
     import threading
@@ -291,6 +290,11 @@ def serve(fd: int, uri: str, script: str) -> None:
             callables.update(_callables())
         except BaseException as exc:  # noqa: BLE001 - every request answers with it
             state["error"] = exc
+        # In a thread of its own, from here: the train stage's start-up leaves a core
+        # idle that training will not (these imports done after training cost the
+        # stage ~2.5 s at its end), and the run's opening is not kept waiting for them.
+        threading.Thread(target=_warm_imports, args=(warm_model_imports,), daemon=True,
+                         name="mlflow-warm-imports").start()
         while True:
             item = low.get()
             try:
@@ -344,10 +348,6 @@ def open_run(tracker, spec) -> str:
         monitor = tracker.system_metrics(run_id)
         monitor.__enter__()
         _MONITORS.append(monitor)
-    import threading  # the imports in a thread of their own: the run id is not kept waiting
-
-    threading.Thread(target=_warm_imports, args=(spec.warm_model_imports,), daemon=True,
-                     name="mlflow-warm-imports").start()
     return run_id
 
 
@@ -368,6 +368,13 @@ def _warm_imports(model: bool) -> None:
 
         from .. import inference  # noqa: F401
         from . import model_code, registry  # noqa: F401
+        # log_model checks its pip requirements against what is installed, through a
+        # map of every installed package's files (0.7 s on a 2-core machine), built
+        # once per process and kept by MLflow: build it now. Guarded, as it is not
+        # MLflow's public API: without it, log_model builds the map itself.
+        from mlflow.utils import requirements_utils
+
+        getattr(requirements_utils, "_init_packages_to_modules_map", lambda: None)()
 
 
 def write_loss_curve(tracker, rows: list[tuple[int, float, float]], path, title: str) -> None:
