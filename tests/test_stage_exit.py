@@ -1,7 +1,8 @@
 """errors.run_main(..., skip_teardown=True): a stage that imported torch exits
 without Python's teardown of its modules (benchmarks/: 0.5-0.8 s a stage), yet
-everything a normal exit does first still happens: non-daemon threads finish,
-atexit handlers run, buffered stdout and stderr reach the pipe, the exit code is 0.
+everything a normal exit does first still happens: thread pools left open are shut
+down, non-daemon threads finish, atexit handlers run, buffered stdout and stderr
+reach the pipe, the exit code is 0.
 A failure still exits as before (one line, non-zero)."""
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from pathlib import Path
 
 STAGE = textwrap.dedent("""
     import atexit, sys, threading, time
+    from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
     from gptpipe.errors import UserError, run_main
 
     out = Path(sys.argv[1])
+    POOLS = []
 
     def late_writer():
         time.sleep(0.3)
@@ -23,6 +26,10 @@ STAGE = textwrap.dedent("""
 
     def main():
         threading.Thread(target=late_writer).start()  # not a daemon: exit waits for it
+        # a pool left open, as MLflow's artifact and async-logging pools are: its idle
+        # worker is not a daemon either, and ends only when the exit shuts pools down
+        POOLS.append(ThreadPoolExecutor(1))  # kept, as a cached MLflow store keeps its own
+        POOLS[0].submit(time.sleep, 0.1).result()
         atexit.register(lambda: (out / "atexit.txt").write_text("ran"))
         sys.stdout.write("last line, no newline, not flushed")
         sys.stderr.write("a warning, not flushed")

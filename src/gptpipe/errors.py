@@ -42,17 +42,8 @@ def run_main(main: Callable[[], object], prog: str, skip_teardown: bool = False)
     for a main() that closes what it writes and waits for what it starts."""
     try:
         main()
-        if skip_teardown:  # what Python's exit does first: join threads, run atexit
-            import atexit
-            import threading
-
-            for thread in threading.enumerate():
-                if thread is not threading.current_thread() and not thread.daemon:
-                    thread.join()
-            atexit._run_exitfuncs()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
+        if skip_teardown:
+            _exit_without_teardown()
     except UserError as exc:
         _report(prog, str(exc))
         sys.exit(EXIT_USER_ERROR)
@@ -65,6 +56,24 @@ def run_main(main: Callable[[], object], prog: str, skip_teardown: bool = False)
         _report(prog, f"internal error: {type(exc).__name__}: {exc}"
                 " (set GPTPIPE_DEBUG=1 for the traceback)")
         sys.exit(EXIT_INTERNAL_ERROR)
+
+
+def _exit_without_teardown() -> None:
+    """Exit 0 after what CPython's exit does before its teardown, in its order: shut
+    the thread pools down and wait for the non-daemon threads (threading._shutdown),
+    run the atexit handlers, flush the standard streams. Where threading has no
+    _shutdown (not CPython), return: the caller exits the normal way."""
+    import atexit
+    import threading
+
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is None:
+        return
+    shutdown()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _report(prog: str, message: str) -> None:

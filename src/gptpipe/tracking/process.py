@@ -290,11 +290,13 @@ def serve(fd: int, uri: str, script: str, warm_model_imports: bool = False) -> N
             callables.update(_callables())
         except BaseException as exc:  # noqa: BLE001 - every request answers with it
             state["error"] = exc
-        # In a thread of its own, from here: the train stage's start-up leaves a core
-        # idle that training will not (these imports done after training cost the
-        # stage ~2.5 s at its end), and the run's opening is not kept waiting for them.
-        threading.Thread(target=_warm_imports, args=(warm_model_imports,), daemon=True,
-                         name="mlflow-warm-imports").start()
+        else:
+            # From here, in a thread of its own: the train stage's start-up leaves a
+            # core idle that training will not (done after training, these imports
+            # cost the stage ~2.5 s at its end). It shares the GIL with the run's
+            # opening, which the first checkpoint waits for (the recipe's at step 250).
+            threading.Thread(target=_warm_imports, args=(warm_model_imports,), daemon=True,
+                             name="mlflow-warm-imports").start()
         while True:
             item = low.get()
             try:
@@ -355,9 +357,16 @@ def _warm_imports(model: bool) -> None:
     """Import what the stage's last calls will need (the loss chart's matplotlib; with
     `model`, what logging the model imports), on what training leaves idle; a call
     that needs one sooner imports it itself (Python's import lock orders them)."""
+    import contextlib
     import threading
 
     lower_priority(threading.get_native_id())
+    # Only a head start: a call that needs what failed here imports it and fails there.
+    with contextlib.suppress(Exception):
+        _import_for_the_last_calls(model)
+
+
+def _import_for_the_last_calls(model: bool) -> None:
     import matplotlib.pyplot  # noqa: F401
 
     from .. import reporting  # noqa: F401
