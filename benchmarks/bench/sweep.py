@@ -11,6 +11,7 @@ same results" means: the same four MLflow runs and registered versions, the same
 champion config, and each config's val loss within a small tolerance."""
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -53,12 +54,34 @@ def _run_grid(proj: Project, dvc: str, jobs: int, seeds: tuple[str, ...]) -> flo
             time.sleep(1)
     finally:
         proj.run([dvc, "queue", "stop", "--kill"], check=False)
-    seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        _wait_for_workers(proj)
     failed = [name for name, state in status.items() if state != "Success"]
     if failed:
         log = proj.run([dvc, "queue", "logs", failed[0]], check=False).stdout
         raise RuntimeError(f"-j {jobs}: {failed} failed; the first's log ends:\n{log[-1500:]}")
     return seconds
+
+
+def _wait_for_workers(proj: Project, timeout_s: float = 60.0) -> None:
+    """Until no process works in the project (`dvc queue stop` does not wait for its
+    workers, which still write there while they shut down): the next section, or
+    the temp dir's removal, must not race them."""
+    import psutil
+
+    root = str(proj.path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        working = []
+        for process in psutil.process_iter(["cwd"]):
+            cwd = process.info.get("cwd") or ""
+            if cwd == root or cwd.startswith(root + os.sep):
+                working.append(process.pid)
+        if not working:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"dvc queue workers still running in {root} {timeout_s:.0f} s after "
+                       f"`dvc queue stop --kill`: pids {working}")
 
 
 def _results(proj: Project) -> dict[tuple[str, str], float]:
