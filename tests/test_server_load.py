@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -256,15 +257,19 @@ def test_server_killed_and_restarted_mid_training(server, template, tmp_path):
                 "train.err").read_text()
         time.sleep(0.1)
     # Writer 0 dies once the server holds the rows of its last checkpoint: its rerun
-    # re-sends them (the checkpoint keeps them), and must not log them twice.
+    # re-sends them (the checkpoint keeps them), and must not log them twice. It is
+    # frozen while we look, so it cannot checkpoint again between the look and the kill
+    # (its steps are milliseconds: a checkpoint every 50 can fall in that gap).
     from gptpipe import checkpoints
 
     while True:
+        group[0].proc.send_signal(signal.SIGSTOP)
         saved = checkpoints.load(group[0].checkpoint())
         step, run_id = int(saved["trainer"]["step"]), saved["run_id"]
         if any(m["step"] == step for m in history(server, run_id, "batch_loss")):
             group[0].proc.kill()
             break
+        group[0].proc.send_signal(signal.SIGCONT)
         assert time.monotonic() < deadline and group[0].proc.poll() is None, "writer 0"
         time.sleep(0.1)
     server.kill()
