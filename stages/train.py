@@ -7,6 +7,7 @@ Under torchrun, rank 0 alone talks to MLflow and writes files.
 """
 import contextlib
 import os
+import sys
 from pathlib import Path
 
 from gptpipe import params
@@ -14,6 +15,7 @@ from gptpipe.arrays import load_tokens
 from gptpipe.config_id import TAG as CONFIG_TAG, config_tag
 from gptpipe.errors import run_main
 from gptpipe.files import read_json, sha256_file, write_json
+from gptpipe.launcher import relaunch_argv
 from gptpipe.lineage import git_state, stage_hashes
 from gptpipe.reporting import history_csv, losses_csv, write_text
 from gptpipe.tracking import notes, process
@@ -31,6 +33,10 @@ SPLIT_REPORT = Path("reports/split.json")
 
 def main() -> None:
     p = params.load()
+    relaunch = relaunch_argv(p.train.launcher, sys.argv[0])
+    if relaunch is not None:  # train.launcher torchrun: this process becomes torchrun
+        print(f"train: starting under {p.train.launcher}", flush=True)
+        os.execv(relaunch[0], relaunch)
     # Rank 0 alone talks to MLflow, from an idle-priority process of its own (when and
     # how, is tracking/background.py's): a down server or refused credentials fail here.
     # It starts before torch is imported (torchrun's RANK names rank 0), so MLflow's

@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from helpers import env_for, make_project, run, tiny_text
 from gptpipe import params
 from gptpipe.distributed import World, lost_contact
 from gptpipe.errors import UserError
+from gptpipe.launcher import relaunch_argv
 
 C10D = ("torchrun --nnodes=2 --nproc_per_node=1 --rdzv-backend=c10d "
         "--rdzv-endpoint=HOST:29500")
@@ -29,6 +31,18 @@ STATIC = ("torchrun --nnodes=2 --nproc_per_node=1 --node_rank=0 "
     C10D, STATIC, "torchrun --nnodes 2 --nproc-per-node 1 --master-addr h --master-port 1"])
 def test_multi_node_launchers_are_accepted(launcher):
     assert params.from_dict({"train": {"launcher": launcher}}).train.launcher == launcher
+
+
+def test_the_train_stage_restarts_under_torchrun_once(monkeypatch):
+    """dvc.yaml runs `python stages/train.py`; a torchrun launcher has the stage
+    exec torchrun (this interpreter's) with its flags, and the workers it starts
+    (LOCAL_RANK set) train instead of starting torchrun again."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert relaunch_argv("python", "stages/train.py") is None
+    assert relaunch_argv(STATIC, "stages/train.py") == [
+        sys.executable, "-m", "torch.distributed.run", *STATIC.split()[1:], "stages/train.py"]
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert relaunch_argv(STATIC, "stages/train.py") is None
 
 
 @pytest.mark.parametrize("launcher, needle", [
