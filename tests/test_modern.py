@@ -77,6 +77,8 @@ def test_params_accept_modern_and_muon_and_name_bad_values():
         params.from_dict({"train": {"optimizer": "sgd"}})
     with pytest.raises(UserError, match="train.muon_lr"):
         params.from_dict({"train": {"muon_lr": 0.0}})
+    with pytest.raises(UserError, match="train.muon_momentum"):
+        params.from_dict({"train": {"muon_momentum": 1.0}})  # no decay of old gradients
     with pytest.raises(UserError, match="model.n_embd.*even"):
         params.from_dict({"model": {"kind": "modern", "n_embd": 6, "n_head": 2}})
 
@@ -113,6 +115,19 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     # Muon's weights shrink by train.lr * weight_decay a step, as AdamW's do
     assert muon.param_groups[0]["lr"] * muon.param_groups[0]["weight_decay"] == \
         pytest.approx(adamw.param_groups[0]["lr"] * 0.1, rel=1e-12)
+
+
+def test_muon_momentum_is_the_one_train_muon_momentum_sets():
+    weights = {}
+    for momentum in (0.95, 0.85):
+        torch.manual_seed(0)
+        trainer = make_trainer(modern(), muon_momentum=momentum)
+        muon = trainer.optimizer.optimizers[1]
+        assert [g["momentum"] for g in muon.param_groups] == [momentum]
+        for _ in range(3):
+            trainer.train_step()
+        weights[momentum] = trainer.model.blocks[0].mlp.c_fc.weight.detach().clone()
+    assert not torch.equal(weights[0.95], weights[0.85])
 
 
 @pytest.mark.parametrize("kind", ["modern", "gpt"])

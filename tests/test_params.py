@@ -172,6 +172,7 @@ def test_the_ranges_params_yaml_states_are_read_and_each_is_its_fields():
     assert stated == {"data.timeout_s", "data.retries", "clean.max_replaced_fraction",
                       "split.train_fraction", "split.max_val_overlap", "model.dropout",
                       "train.lr", "train.weight_decay", "train.beta1", "train.beta2",
+                      "train.muon_momentum",
                       "train.grad_clip", "train.threads", "train.early_stop_patience",
                       "train.early_stop_min_delta", "train.peak_gflops", "evaluate.train_windows",
                       "sample.temperature", "sample.top_p"}

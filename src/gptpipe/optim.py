@@ -36,8 +36,8 @@ def configure_optimizer(model: nn.Module, tp: TrainParams, device: torch.device,
         # Decay per unit of Muon's lr, so these weights shrink by train.lr's
         # lr * weight_decay a step, as AdamW's do (not muon_lr's: 20x more by default).
         decay = tp.weight_decay * tp.lr / tp.muon_lr
-        optimizer = OptimizerChain([adamw, Muon(muon, lr=tp.muon_lr, weight_decay=decay,
-                                                ns_bf16=ns_bf16)])
+        optimizer = OptimizerChain([adamw, Muon(muon, lr=tp.muon_lr, momentum=tp.muon_momentum,
+                                                weight_decay=decay, ns_bf16=ns_bf16)])
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]  # the peak lr, which the schedule scales
     return optimizer

@@ -221,6 +221,7 @@ class TrainParams:
         "'python' or 'torchrun --nproc_per_node=N'", problem=launcher_problem))
     optimizer: Literal["adamw", "muon"] = "adamw"  # muon: the blocks' matrices; the rest AdamW
     muon_lr: float = checked(0.02, LR_RANGE)  # Muon's peak step; the schedule scales it
+    muon_momentum: float = checked(0.95, BELOW_1)  # Muon's Nesterov momentum
     init_from: str = checked("scratch", _non_empty(
         "scratch, a model file, runs:/<id>/model or models:/<name>@<alias>"))
     keep: Literal["best", "last"] = "best"  # the weights shipped: lowest val loss, or the last
