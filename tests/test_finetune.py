@@ -25,9 +25,11 @@ INIT_OUTS = ("models/init/model.pt", "models/init/tokenizer.json", "models/init/
 TEXT = "the quick brown fox jumps over the lazy dog.\nTHE END.\n" * 200
 
 
-def save_source(folder: Path, text: str = TEXT, legacy: bool = False, **config) -> Path:
+def save_source(folder: Path, text: str = TEXT, legacy: bool = False, without: tuple = (),
+                **config) -> Path:
     """A tiny untrained gptpipe model file with its tokenizer beside it (and inside
-    it; legacy: a gptpipe 0.1.x file, which only names it by path and sha256)."""
+    it; legacy: a gptpipe 0.1.x file, which only names it by path and sha256;
+    without: model keys a file written before they existed lacks)."""
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = CharTokenizer.train(text)
     write_json(folder / "tokenizer.json", tokenizer.to_json())
@@ -37,6 +39,8 @@ def save_source(folder: Path, text: str = TEXT, legacy: bool = False, **config) 
     payload = checkpoints.model_payload(cfg.as_dict(), build(cfg).state_dict(),
                                         folder / "tokenizer.json", step=0)
     payload["tokenizer"]["path"] = "data/tokens/tokenizer.json"
+    for key in without:
+        del payload["model_config"][key]
     if legacy:
         payload["format"] = "gptpipe.model/1"
         del payload["tokenizer"]["json"]
@@ -216,6 +220,20 @@ def test_train_refuses_model_params_that_contradict_the_source(proj, tmp_path):
                    "init_from model's 1", "only model.dropout may differ")
     assert not (proj / "models/model.pt").exists()
     assert not (proj / "reports/mlflow_run.json").exists()
+
+
+def test_a_model_file_older_than_a_model_key_was_built_with_its_default(proj, tmp_path):
+    """A file without model.value_embeds had none: asking for them contradicts it."""
+    source = save_source(tmp_path / "pretrained", without=("value_embeds",),
+                         kind="modern", bias=False)
+    assert init(proj, str(source)).returncode == 0
+    assert tokenize_from_model(proj, TEXT).returncode == 0
+    write_params(proj, {"model": {"block_size": 32, "kind": "modern", "bias": False,
+                                  "value_embeds": True}})
+    assert stage(proj, "split.py").returncode == 0
+    one_error_line(stage(proj, "train.py"), "train", "model.value_embeds: True contradicts "
+                   "the init_from model's False")
+    assert not (proj / "models/model.pt").exists()
 
 
 def test_train_refuses_another_vocabulary(proj, tmp_path):

@@ -38,8 +38,9 @@ def modern(seed: int = 0, randomize: bool = False, **overrides) -> torch.nn.Modu
     return model.eval()
 
 
-def test_modern_is_causal_and_shaped_batch_time_vocab():
-    model = modern(randomize=True)
+@pytest.mark.parametrize("value_embeds", [False, True])
+def test_modern_is_causal_and_shaped_batch_time_vocab(value_embeds):
+    model = modern(randomize=True, value_embeds=value_embeds)
     idx = torch.randint(0, TOK.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         base = model(idx)
@@ -60,8 +61,9 @@ def test_modern_starts_as_a_uniform_predictor_and_saves_no_rope_tables():
     assert not any("rope" in key for key in model.state_dict())
 
 
-def test_modern_greedy_sampling_is_the_same_with_and_without_the_kv_cache():
-    model = modern(randomize=True)
+@pytest.mark.parametrize("value_embeds", [False, True])
+def test_modern_greedy_sampling_is_the_same_with_and_without_the_kv_cache(value_embeds):
+    model = modern(randomize=True, value_embeds=value_embeds)
     prompt = TOK.encode("the quick").tolist()
     # 40 new tokens > block_size 16: the context slides and the cache is refilled
     cached = generate(model, prompt, 40, temperature=0.0, use_cache=True)
@@ -115,6 +117,39 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     # Muon's weights shrink by train.lr * weight_decay a step, as AdamW's do
     assert muon.param_groups[0]["lr"] * muon.param_groups[0]["weight_decay"] == \
         pytest.approx(adamw.param_groups[0]["lr"] * 0.1, rel=1e-12)
+
+
+def test_value_embeds_are_a_table_per_layer_trained_by_adamw_and_change_the_output():
+    plain, with_ve = modern(), modern(value_embeds=True)
+    tables = [n for n, _ in with_ve.named_parameters() if n.startswith("value_embeds.")]
+    assert len(tables) == 2  # n_layer
+    extra = sum(p.numel() for p in with_ve.parameters()) - sum(
+        p.numel() for p in plain.parameters())
+    assert extra == 2 * TOK.vocab_size * 32  # n_layer x vocab x n_embd
+    # the weights they share start the same: the tables are drawn last
+    shared = with_ve.state_dict()
+    assert all(torch.equal(v, shared[k]) for k, v in plain.state_dict().items())
+    trainer = make_trainer(with_ve)
+    adamw, muon = trainer.optimizer.optimizers
+    names = {id(p): n for n, p in with_ve.named_parameters()}
+    assert set(tables) <= {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    before = with_ve.value_embeds[0].weight.detach().clone()
+    trainer.train_step()
+    trainer.train_step()  # the zero-initialised projections let gradients reach v
+    assert not torch.equal(before, with_ve.value_embeds[0].weight)
+    idx = torch.randint(0, TOK.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+    randomized = modern(randomize=True, value_embeds=True)
+    with torch.no_grad():
+        out = randomized(idx)
+        for table in randomized.value_embeds:
+            table.weight.zero_()
+        assert not torch.allclose(out, randomized(idx))
+
+
+def test_value_embeds_need_the_modern_kind():
+    assert params.from_dict({"model": {"kind": "modern", "value_embeds": True}}).model.value_embeds
+    with pytest.raises(UserError, match="model.value_embeds"):
+        params.from_dict({"model": {"kind": "gpt", "value_embeds": True}})
 
 
 def test_muon_momentum_is_the_one_train_muon_momentum_sets():

@@ -10,7 +10,10 @@ evals excluded, checkpoints included):
   later intervals' (goal >= 0.90);
 - stage steady / benchmark step: that median over the same config's
   Trainer.train_step timed in this process on the same data, right before and
-  right after each stage run (goal >= 0.95).
+  right after each stage run (goal >= 0.95). Both sides are means over runs of
+  consecutive steps (tokens over the wall time of the run), as the stage's
+  intervals are: a median of single steps would drop the slow steps on one side
+  only.
 
 Each is measured --repeats times (a stage run each); the median and the spread
 (min-max) are shown."""
@@ -27,7 +30,7 @@ from .measure import load_yaml
 FIRST = 100            # the steps whose speed is compared with the steady one
 GOAL_FIRST = 0.90      # steps 1-100 within 10% of the steady tokens/s
 GOAL_STEADY = 0.95     # the stage's steady step within 5% of the benchmark's
-BENCH_STEPS = 40       # Trainer steps timed before and after each stage run
+BENCH_STEPS = 100      # Trainer steps timed before and after each stage run: an interval
 
 
 def _rates(path) -> dict[int, float]:
@@ -38,7 +41,7 @@ def _rates(path) -> dict[int, float]:
 
 def _bench_step(params: dict, proj, steps: int) -> float:
     """tokens/s of the stage's own Trainer step, same params and data, in this
-    process (the median step time of `steps`, after 3 unmeasured)."""
+    process: `steps` consecutive steps timed as one run, after 3 unmeasured."""
     import torch
 
     from gptpipe import params as gp_params
@@ -55,14 +58,13 @@ def _bench_step(params: dict, proj, steps: int) -> float:
                          load_tokens(proj.path / "data/split/val.npy"), {})
     for _ in range(3):
         run.trainer.train_step()
-    times = []
+    t0 = time.perf_counter()
     for _ in range(steps):
-        t0 = time.perf_counter()
         run.trainer.train_step()
-        times.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
     torch.set_num_threads(threads)
     tokens = p.train.batch_size * p.train.grad_accum * p.model.block_size
-    return tokens / median(times)
+    return tokens * steps / elapsed
 
 
 def _spread(values: list[float]) -> str:

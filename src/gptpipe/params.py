@@ -194,6 +194,7 @@ class ModelParams:
     dropout: float = checked(0.0, BELOW_1)
     bias: bool = True
     tie_weights: bool = False
+    value_embeds: bool = False  # modern: each layer adds a learned vector per token to its values
 
 
 @dataclass(frozen=True)
@@ -417,6 +418,8 @@ def validate(p: Params) -> Params:
     if m.kind == "modern":
         _check((m.n_embd // m.n_head) % 2 == 0, "model.n_embd",
                "an even multiple of model.n_head for modern (rotary embeddings)", m.n_embd)
+    _check(m.kind == "modern" or not m.value_embeds, "model.value_embeds",
+           f"false unless model.kind is modern (got kind {m.kind})", m.value_embeds)
     t = p.train
     _check(0 <= t.min_lr <= t.lr, "train.min_lr", "between 0 and train.lr", t.min_lr)
     return p

@@ -51,7 +51,8 @@ def start(p: Params, tokenizer_path: Path) -> Start:
     if sha256_file(MODEL) != source.get("model_sha256"):
         raise UserError(f"{MODEL}: not the model {init_from} resolved to (sha256 differs); "
                         "rerun the init stage (`dvc repro`)")
-    stored = dict(payload["model_config"])
+    # a key the model file lacks is one added since it was written: the default built it
+    stored = dataclasses.asdict(ModelConfig()) | dict(payload["model_config"])
     free = ", ".join(f"model.{k}" for k in FREE_MODEL_KEYS)
     for key in stored:
         if key == "vocab_size" or key in FREE_MODEL_KEYS or not hasattr(p.model, key):
