@@ -1,9 +1,18 @@
 """The optimizers: AdamW, and Muon for the blocks' matrices when
-train.optimizer is muon (stepped together as one OptimizerChain)."""
+train.optimizer is muon (stepped together as one OptimizerChain).
+
+Neither is a torch.optim.Optimizer: its constructor and its step import
+torch._dynamo, 1.0-1.1 s of every train stage's start-up on a 2-core CPU, for a
+loop that is never compiled. AdamW's arithmetic is torch's own (its functional
+`adamw`, fused on CPU and CUDA), and both keep torch's state_dict layout, so a
+checkpoint holds the same tensors under the same keys as with torch.optim.AdamW."""
 from __future__ import annotations
+
+from collections import defaultdict
 
 import torch
 import torch.nn as nn
+from torch.optim.adamw import adamw
 
 from .params import TrainParams
 
@@ -26,9 +35,8 @@ def configure_optimizer(model: nn.Module, tp: TrainParams, device: torch.device,
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": tp.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    adamw = torch.optim.AdamW(groups, lr=tp.lr, betas=(tp.beta1, tp.beta2),
-                              fused=device.type in ("cuda", "cpu"))
-    optimizer = adamw
+    optimizer = AdamW(groups, lr=tp.lr, betas=(tp.beta1, tp.beta2),
+                      fused=device.type in ("cuda", "cpu"))
     if muon:
         # Newton-Schulz in bf16 when training is (amp_dtype, the trainer's autocast): fast
         # there, and the orthogonalised update needs no more precision than bf16 gives.
@@ -36,11 +44,97 @@ def configure_optimizer(model: nn.Module, tp: TrainParams, device: torch.device,
         # Decay per unit of Muon's lr, so these weights shrink by train.lr's
         # lr * weight_decay a step, as AdamW's do (not muon_lr's: 20x more by default).
         decay = tp.weight_decay * tp.lr / tp.muon_lr
-        optimizer = OptimizerChain([adamw, Muon(muon, lr=tp.muon_lr, momentum=tp.muon_momentum,
+        optimizer = OptimizerChain([optimizer, Muon(muon, lr=tp.muon_lr, momentum=tp.muon_momentum,
                                                 weight_decay=decay, ns_bf16=ns_bf16)])
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]  # the peak lr, which the schedule scales
     return optimizer
+
+
+class Optimizer:
+    """What the trainer and checkpoints use of torch.optim.Optimizer: param_groups
+    (each a dict of its params and settings), per-param `state`, zero_grad, and
+    state_dict / load_state_dict in torch's layout (params by their index)."""
+
+    def __init__(self, params, defaults: dict):
+        groups = list(params)
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        self.defaults = defaults
+        self.param_groups = [{**defaults, **group, "params": list(group["params"])}
+                             for group in groups]
+        self.state: defaultdict = defaultdict(dict)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.zero_()
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def state_dict(self) -> dict:
+        index = {id(p): i for i, p in enumerate(self._params())}
+        groups, start = [], 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            groups.append({**{k: v for k, v in group.items() if k != "params"},
+                           "params": list(range(start, start + n))})
+            start += n
+        return {"state": {index[id(p)]: dict(s) for p, s in self.state.items() if s},
+                "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict["param_groups"]
+        if [len(g["params"]) for g in saved] != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError("loaded state dict's parameter groups do not match the "
+                             "optimizer's")
+        for group, old in zip(self.param_groups, saved):
+            group.update({k: v for k, v in old.items() if k != "params"})
+        params = self._params()
+        self.state = defaultdict(dict)
+        for i, s in state_dict["state"].items():
+            p = params[int(i)]
+            # as torch does: moments follow the param's device and dtype; "step" its device
+            self.state[p] = {k: v.to(p.device) if k == "step" else
+                             v.to(p.device, p.dtype if v.is_floating_point() else v.dtype)
+                             for k, v in s.items()}
+
+
+class AdamW(Optimizer):
+    """torch.optim.AdamW's update (decoupled weight decay, no amsgrad), by torch's
+    functional adamw: the same numbers as torch.optim.AdamW with the same `fused`."""
+
+    def __init__(self, params, lr: float, betas: tuple[float, float], eps: float = 1e-8,
+                 weight_decay: float = 0.01, fused: bool = False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      fused=fused))
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            fused = group["fused"]
+            for p in params:
+                state = self.state[p]
+                if not state:  # as torch's: the step count on the param's device when fused
+                    state["step"] = torch.zeros((), dtype=torch.float32,
+                                                device=p.device if fused else "cpu")
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p,
+                                                           memory_format=torch.preserve_format)
+            states = [self.state[p] for p in params]
+            beta1, beta2 = group["betas"]
+            adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                  [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states],
+                  fused=fused, amsgrad=False, beta1=beta1, beta2=beta2,
+                  lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+                  maximize=False)
 
 
 NS_STEPS = 5  # Newton-Schulz iterations per Muon step, as in Muon's reference
@@ -59,7 +153,7 @@ def _newton_schulz(G: torch.Tensor, steps: int, bf16: bool) -> torch.Tensor:
     return X
 
 
-class Muon(torch.optim.Optimizer):
+class Muon(Optimizer):
     """Muon (K. Jordan, 2024): Nesterov momentum whose update for each weight matrix
     is orthogonalised by a Newton-Schulz iteration, scaled by sqrt(max(1, rows/cols)).
     Matrices of one shape are orthogonalised together, as one batched chain of
@@ -73,7 +167,7 @@ class Muon(torch.optim.Optimizer):
         self.ns_bf16 = ns_bf16
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self) -> None:
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
