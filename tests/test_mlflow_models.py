@@ -378,3 +378,29 @@ def test_champion_right_when_parallel_evaluates_interleave(tmp_path):
     assert stale == ["2"] and outcome.startswith("champion -> gptpipe v2"), outcome
     assert str(client.get_model_version_by_alias("gptpipe", "champion").version) == "2"
     assert registry._PROMOTE_ROUNDS > 1
+
+
+LOG_WITHOUT_TORCH = """
+import json, sys
+from pathlib import Path
+from gptpipe.tracking import registry
+from gptpipe.tracking.runs import Tracker
+tracker = Tracker(sys.argv[1])
+run_id = tracker.create_run("probe", "probe", {}, {})
+logged = registry.log_model(tracker, run_id, Path("models/model.pt"),
+                            Path("data/tokens/tokenizer.json"), None, name="probe")
+print(json.dumps({"model_id": logged.model_id, "torch": "torch" in sys.modules}))
+"""
+
+
+@pytest.mark.slow
+def test_logging_the_model_imports_no_torch_and_the_model_still_predicts(trained):
+    """The tracking process logs the model without loading it (MLflow's serving check
+    would import torch there: ~2 s at the end of every train stage); what it logged
+    loads and predicts as gptpipe sample does."""
+    result = run([sys.executable, "-c", LOG_WITHOUT_TORCH,
+                  f"sqlite:///{trained / 'mlflow.db'}"], trained)
+    logged = json.loads(result.stdout.strip().splitlines()[-1])
+    assert logged["torch"] is False
+    texts = _predict(trained, f"models:/{logged['model_id']}", PROMPT)
+    assert PROMPT + texts[0] + "\n" == _sample(trained, "models/model.pt")

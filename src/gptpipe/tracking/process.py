@@ -86,8 +86,8 @@ class TrackerProcess:
 
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
-        # MLflow's own threads need no torch threads (log_model's input example runs
-        # the model in there): one, not the cores training uses
+        # one OpenMP thread, should anything MLflow runs there use one: not the cores
+        # training uses
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
         src = str(Path(__file__).resolve().parents[2])  # this gptpipe, wherever it is
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
@@ -370,12 +370,10 @@ def _import_for_the_last_calls(model: bool) -> None:
     import matplotlib.pyplot  # noqa: F401
 
     from .. import reporting  # noqa: F401
-    if model:
+    if model:  # not torch: logging the model does not load it (registry._PyfuncUnchecked)
         import mlflow.pyfunc  # noqa: F401
         import pandas  # noqa: F401
-        import torch  # noqa: F401
 
-        from .. import inference  # noqa: F401
         from . import model_code, registry  # noqa: F401
         # log_model checks its pip requirements against what is installed, through a
         # map of every installed package's files (0.7 s on a 2-core machine), built

@@ -50,6 +50,23 @@ def _signature():
                             for key, value in predict_defaults().items()]))
 
 
+class _PyfuncUnchecked:
+    """mlflow.pyfunc as Model.log's flavor ("a module with save_model"), taking the
+    validate_serving_input=False that pyfunc.save_model refuses. Model.log's check
+    loads the model and predicts its input example, only to warn if that fails;
+    here it would import torch into the tracking process, which gets no CPU while
+    training runs: ~2 s at the end of every train stage on a 2-core CPU.
+    tests/test_mlflow_models.py loads and serves the logged model for real."""
+
+    __name__ = "mlflow.pyfunc"
+
+    @staticmethod
+    def save_model(validate_serving_input: bool = True, **kwargs):
+        import mlflow.pyfunc
+
+        return mlflow.pyfunc.save_model(**kwargs)
+
+
 @dataclass(frozen=True)
 class LoggedModel:
     model_id: str        # the MLflow 3 LoggedModel (models:/<model_id>)
@@ -65,9 +82,10 @@ def log_model(tracker: Tracker, run_id: str, weights: Path, tokenizer: Path,
     MLflow copies the run's metrics at that step, val_loss among them, onto the
     model), and register it as a new version of `registered_model` (None: not
     registered, as for an eval-step checkpoint)."""
+    from importlib.metadata import version as installed_version
+
     import mlflow
     import pandas as pd
-    import torch
     from mlflow.entities import LoggedModelStatus
     from mlflow.models import Model
 
@@ -84,15 +102,16 @@ def log_model(tracker: Tracker, run_id: str, weights: Path, tokenizer: Path,
     config = {model_code.FORMAT_KEY: model_code.FORMAT, model_code.VERSION_KEY: __version__}
     try:  # Model.log (not pyfunc.log_model): it takes the run id, no active run needed
         info = Model.log(  # not retried on a locked store: it would log twice
-            artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+            artifact_path=None, name=name, flavor=_PyfuncUnchecked, run_id=run_id,
             model_id=logged.model_id, step=int(step), python_model=model_code.__file__,
             artifacts={"weights": str(weights), "tokenizer": str(tokenizer)},
             model_config=config, metadata=config, signature=_signature(),
             input_example=(pd.DataFrame({"prompt": [example_prompt]}), {"max_new_tokens": 8}),
             pip_requirements=[f"mlflow=={mlflow.__version__}",
-                              f"torch=={torch.__version__.split('+')[0]}",
+                              f"torch=={installed_version('torch').split('+')[0]}",
                               f"gptpipe=={__version__}"],
-            registered_model_name=registered_model, await_registration_for=0)
+            registered_model_name=registered_model, await_registration_for=0,
+            validate_serving_input=False)
     except BaseException:
         retry_locked(client.finalize_logged_model, logged.model_id, LoggedModelStatus.FAILED)
         raise
