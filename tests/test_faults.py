@@ -130,14 +130,6 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def locked_stages(project: Path) -> set[str]:
-    try:  # DVC may be writing it
-        return set((yaml.safe_load((project / "dvc.lock").read_text()) or {}).get("stages")
-                   or {})
-    except (OSError, yaml.YAMLError):
-        return set()
-
-
 def lock_md5s(project: Path) -> dict[str, str]:
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(STAGES), lock["stages"].keys()
@@ -656,6 +648,13 @@ def session_processes(session: int, script: str) -> list[int]:
     return pids
 
 
+def _lock_stamp(project: Path) -> int | None:
+    try:
+        return (project / "dvc.lock").stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
 def _kill_stage_once(project: Path, name: str, delay: float,
                      force: bool) -> tuple[str | None, str]:
     """Run `dvc repro` up to stage `name`, SIGKILL that stage's process `delay` s after
@@ -671,9 +670,12 @@ def _kill_stage_once(project: Path, name: str, delay: float,
         seen.append(line)
         if not line.startswith(f"Running stage '{name}'"):
             continue
+        # DVC writes dvc.lock when the stage ends: a forced rerun's stage is in the
+        # lock already, so "over" is the lock written again, not the stage in it
+        written = _lock_stamp(project)
         deadline = time.monotonic() + 60
         while not (pids := session_processes(proc.pid, SCRIPTS[name])):
-            if proc.poll() is not None or name in locked_stages(project):
+            if proc.poll() is not None or _lock_stamp(project) != written:
                 break  # over before it was seen (a busy box): nothing to kill
             assert time.monotonic() < deadline, "".join(seen)
             time.sleep(0.002)
