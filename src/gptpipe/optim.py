@@ -73,6 +73,13 @@ class Optimizer:
                 elif p.grad is not None:
                     p.grad.zero_()
 
+    def _groups_to_step(self):
+        """Each group with those of its params that have a gradient (none: skipped)."""
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                yield group, params
+
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 
@@ -115,10 +122,7 @@ class AdamW(Optimizer):
 
     @torch.no_grad()
     def step(self) -> None:
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
+        for group, params in self._groups_to_step():
             fused = group["fused"]
             for p in params:
                 state = self.state[p]
@@ -168,10 +172,7 @@ class Muon(Optimizer):
 
     @torch.no_grad()
     def step(self) -> None:
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
+        for group, params in self._groups_to_step():
             grads = [p.grad for p in params]
             bufs = []
             for p in params:
