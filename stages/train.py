@@ -17,8 +17,8 @@ from gptpipe.errors import run_main
 from gptpipe.files import read_json, sha256_file, write_json
 from gptpipe.launcher import relaunch_argv
 from gptpipe.lineage import git_state, stage_hashes
-from gptpipe.reporting import history_csv, losses_csv, write_text
-from gptpipe.tracking import notes, process
+from gptpipe.reporting import history_csv, losses_csv, write_loss_curve, write_text
+from gptpipe.tracking import notes
 from gptpipe.tracking.background import BackgroundRun, RunSpec
 
 TRAIN, VAL = Path("data/split/train.npy"), Path("data/split/val.npy")
@@ -63,13 +63,17 @@ def main() -> None:
 
     if world.is_main and p.mlflow.log_checkpoints:
         run.on_eval_main = lambda row: _keep_eval_weights(run, row.step)
+    if world.is_main:  # the files, while the tracking process catches up (performance.md)
+        run.on_trained_main = lambda: _write_outputs(run, p)
     should_stop = stop_on_signals()
     with background_run.stage() if world.is_main else contextlib.nullcontext():
         run.train(should_stop)
         if world.is_main:
+            if run.on_trained_main is not None:  # not called: resumed after the last step
+                run.on_trained_main()
             tracker, run.run_id = background_run.get()
             print(f"train: MLflow run {run.run_id}", flush=True)
-            _write_outputs(run, p, tracker)
+            _log_outputs(run, p, tracker)
             _log_model_and_describe(run, p, tracker)
             if p.mlflow.log_checkpoints:
                 _log_eval_weights(run, tracker)
@@ -104,11 +108,12 @@ def _run_spec(p, run, resumed: bool, data_hashes, source: dict) -> RunSpec:
                    tags=tags, init_source=source, metrics=metrics, **data)
 
 
-def _write_outputs(run, p, tracker) -> None:
+def _write_outputs(run, p) -> None:
+    """models/model.pt and the reports: nothing here needs MLflow."""
     from gptpipe import checkpoints
     from gptpipe.model import count_params
 
-    trainer, cfg, run_id = run.trainer, run.config, run.run_id
+    trainer, cfg = run.trainer, run.config
     # train.keep: the weights of the eval with the lowest val loss (best), or the last
     kept = trainer.kept_step
     state = {k: v.detach().cpu().float().contiguous()
@@ -134,10 +139,15 @@ def _write_outputs(run, p, tracker) -> None:
                          "model": cfg.as_dict()})
     write_text(LOSSES, losses_csv(trainer.history))
     write_text(HISTORY, history_csv(trainer.history))
-    # drawn in the tracking process, where matplotlib was imported while training ran
-    tracker.call(process.write_loss_curve,
-                 [(r.step, r.train_loss, r.val_loss) for r in trainer.history], CURVE,
-                 f"{cfg.kind}: {count_params(trainer.model):,} params")
+    write_loss_curve(trainer.history, CURVE, f"{cfg.kind}: {count_params(trainer.model):,} params")
+
+
+def _log_outputs(run, p, tracker) -> None:
+    """What _write_outputs wrote, on the MLflow run: the best val loss, the kept step,
+    early stopping, the model's sha256, the chart, the history and the tokenizer."""
+    trainer, run_id = run.trainer, run.run_id
+    best = min(trainer.history, key=lambda row: (row.val_loss, row.step))
+    kept, stop = trainer.kept_step, trainer.early_stop
     tracker.log_best_val(run_id, best.val_loss, best.step)
     tracker.set_tags(run_id, {"gptpipe.kept_step": str(kept), "gptpipe.keep": p.train.keep})
     if stop is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gptpipe.errors import UserError
-from gptpipe.tracking import process, wire
+from gptpipe.tracking import notes, process, wire
 from gptpipe.tracking.background import BackgroundRun, RunSpec
 from gptpipe.tracking.registry import LoggedModel
 from gptpipe.tracking.wire import TrackingProcessError
@@ -33,14 +33,13 @@ def test_run_opened_there_logged_to_and_ended(tmp_path: Path, monkeypatch):
         tracker, run_id = background.get()
         assert background.get()[1] == run_id
         tracker.log_metrics(run_id, [("val_loss", 2.0, 10)])  # not waited for
-        tracker.call(process.write_loss_curve, [(0, 4.0, 4.1), (10, 3.0, 3.2)],
-                     tmp_path / "curve.png", "title")
+        # a function of the process's table, run there with this call's arguments
+        note = tracker.call(notes.describe, run_id, {notes.PARAMETERS_TAG: 123})
         with pytest.raises(UserError, match="MLflow run no-such-run not found"):
             tracker.reopen("no-such-run")  # its error raised here, as itself
         with pytest.raises(TrackingProcessError, match="fails is not callable in the tracking"):
             tracker.call(fails, "x")  # not in the process's table: that call fails
         assert tracker.call(process.stop_monitor) is None  # and the process goes on
-    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
     background._process._proc.wait(timeout=30)  # it exits once the stage is done
 
     from mlflow.tracking import MlflowClient
@@ -48,6 +47,8 @@ def test_run_opened_there_logged_to_and_ended(tmp_path: Path, monkeypatch):
     run = MlflowClient(uri).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params == {"train.lr": "0.01"} and run.data.tags["t"] == "x"
+    assert run.data.tags[notes.PARAMETERS_TAG] == "123"
+    assert run.data.tags[notes.NOTE_TAG] == note
     # the Source is this process's script (the stage's, in a stage), not the child's -c
     assert run.data.tags["mlflow.source.name"] == Path(sys.argv[0]).name
     assert run.data.metrics["m"] == 1.5 and run.data.metrics["val_loss"] == 2.0

@@ -144,6 +144,29 @@ def test_a_checkpoint_of_an_older_format_is_refused_naming_its_folder(tmp_path: 
     assert trainer.step == 0
 
 
+def test_the_last_steps_hook_runs_once_before_the_checkpoint_waits_for_mlflow(
+        tmp_path: Path, monkeypatch):
+    """The train stage writes its files (on_trained_main) while the tracking process,
+    which training's threads starve, still opens the run: before the last checkpoint
+    asks for the run id, not after."""
+    from gptpipe.tracking.background import BackgroundRun, RunSpec
+    from gptpipe.train_run import TrainRun
+
+    monkeypatch.chdir(tmp_path)
+    trainer = make_trainer(make_model(), max_iters=6, eval_interval=3, checkpoint_interval=6)
+    background = BackgroundRun(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = TrainRun(trainer, trainer.model.cfg, {}, tmp_path / "ckpt" / "checkpoint.pt",
+                   autocast=None, background_run=background)
+    seen = []
+    run.on_trained_main = lambda: seen.append((trainer.step, run.run_id,
+                                               run.checkpoint.exists()))
+    background.open(RunSpec("exp"))
+    with background.stage():
+        run.train(lambda: False)
+    assert seen == [(6, None, False)]  # at the last step, before the run id and checkpoint
+    assert run.run_id is not None and run.checkpoint.exists()
+
+
 # -- learning-rate schedule ------------------------------------------------------------
 
 def test_warmup_rises_linearly_then_cosine_reaches_min_lr():

@@ -83,6 +83,8 @@ class TrainRun:
     unlogged: list[MetricRow] = field(default_factory=list)  # a kill kept from MLflow
     pending: list[MetricRow] = field(default_factory=list)  # evals since the last checkpoint
     on_eval_main: Callable[[EvalRow], None] | None = None  # rank 0, after each eval
+    # rank 0, once, when the last step is taken (before its checkpoint waits for MLflow)
+    on_trained_main: Callable[[], None] | None = None
 
     @classmethod
     def build(cls, p: Params, device: torch.device, world: World, background_run,
@@ -241,6 +243,12 @@ class TrainRun:
         if not self.world.is_main:
             self.saved_step = trainer.step  # rank 0 is writing it
             return
+        if self.on_trained_main is not None and (trainer.step >= trainer.tp.max_iters
+                                                 or trainer.early_stop is not None):
+            # The tracking process may still be opening MLflow (while training runs it
+            # gets next to no CPU): what needs no MLflow is done before waiting for it.
+            self.on_trained_main()
+            self.on_trained_main = None
         tracker, run_id = self._tracked()  # the checkpoint names the run: wait for it
         # The last checkpoint's rows went to MLflow without waiting, and this checkpoint
         # will not carry them: they must be written before it replaces that one.

@@ -88,7 +88,7 @@ class TrackerProcess:
         env = dict(os.environ)
         # one OpenMP thread, should anything MLflow runs there use one: not the cores
         # training uses
-        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         src = str(Path(__file__).resolve().parents[2])  # this gptpipe, wherever it is
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         self.uri = uri
@@ -223,7 +223,7 @@ def _callables() -> dict:
     from . import notes, registry
 
     return {wire.function_name(fn): fn for fn in (
-        open_run, written, stop_monitor, write_loss_curve, registry.log_model,
+        open_run, written, stop_monitor, registry.log_model,
         registry.log_eval_weights, notes.describe)}
 
 
@@ -291,10 +291,10 @@ def serve(fd: int, uri: str, script: str, warm_model_imports: bool = False) -> N
         except BaseException as exc:  # noqa: BLE001 - every request answers with it
             state["error"] = exc
         else:
-            # From here, in a thread of its own: the train stage's start-up leaves a
-            # core idle that training will not (done after training, these imports
-            # cost the stage ~2.5 s at its end). It shares the GIL with the run's
-            # opening, which the first checkpoint waits for (the recipe's at step 250).
+            # From here, in a thread of its own, beside the run's opening (sharing
+            # its GIL): both run on what the stage leaves idle. Where training fills
+            # every core (torch's threads spin between ops), that is its start-up and
+            # then its end, while the stage writes its files (docs/performance.md).
             threading.Thread(target=_warm_imports, args=(warm_model_imports,), daemon=True,
                              name="mlflow-warm-imports").start()
         while True:
@@ -354,9 +354,9 @@ def open_run(tracker, spec) -> str:
 
 
 def _warm_imports(model: bool) -> None:
-    """Import what the stage's last calls will need (the loss chart's matplotlib; with
-    `model`, what logging the model imports), on what training leaves idle; a call
-    that needs one sooner imports it itself (Python's import lock orders them)."""
+    """Import what the stage's last calls will need (with `model`, what logging the
+    model imports), on what training leaves idle; a call that needs one sooner
+    imports it itself (Python's import lock orders them)."""
     import contextlib
     import threading
 
@@ -367,9 +367,6 @@ def _warm_imports(model: bool) -> None:
 
 
 def _import_for_the_last_calls(model: bool) -> None:
-    import matplotlib.pyplot  # noqa: F401
-
-    from .. import reporting  # noqa: F401
     if model:  # not torch: logging the model does not load it (registry._PyfuncUnchecked)
         import mlflow.pyfunc  # noqa: F401
         import pandas  # noqa: F401
@@ -382,18 +379,6 @@ def _import_for_the_last_calls(model: bool) -> None:
         from mlflow.utils import requirements_utils
 
         getattr(requirements_utils, "_init_packages_to_modules_map", lambda: None)()
-
-
-def write_loss_curve(tracker, rows: list[tuple[int, float, float]], path, title: str) -> None:
-    """reporting.write_loss_curve, here: matplotlib's import (warmed at low priority
-    while training ran) and the drawing stay out of the train stage's process.
-    `rows` are (step, train_loss, val_loss)."""
-    from types import SimpleNamespace
-
-    from ..reporting import write_loss_curve as write
-
-    write([SimpleNamespace(step=s, train_loss=t, val_loss=v) for s, t, v in rows],
-          Path(path), title)
 
 
 def written(tracker) -> None:
