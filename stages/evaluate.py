@@ -6,6 +6,7 @@ the loss by ~1e-4 nats, measured by benchmarks/run.py --only evaluate."""
 from pathlib import Path
 
 from gptpipe import params, tokenizers
+from gptpipe.allocator import keep_freed_memory
 from gptpipe.arrays import load_tokens
 from gptpipe.errors import run_main
 from gptpipe.files import sha256_file, write_json
@@ -22,6 +23,7 @@ METRICS = Path("reports/metrics.json")
 
 
 def main() -> None:
+    keep_freed_memory()  # each batch reuses the last one's memory (allocator.py)
     p = params.load()
     ref = read_run_ref(RUN_REF)
     run_id = ref["run_id"]

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from gptpipe import params
+from gptpipe.allocator import keep_freed_memory
 from gptpipe.errors import run_main
 from gptpipe.files import write_json, write_text
 from gptpipe.tracking.notes import SAMPLE_TAG, describe, first_line
@@ -14,6 +15,7 @@ SAMPLES_MD, SAMPLES_JSON = Path("reports/samples.md"), Path("reports/samples.jso
 
 
 def main() -> None:
+    keep_freed_memory()  # each token reuses the last one's memory (allocator.py)
     p = params.load()
     s = p.sample
     run_id = read_run_ref(RUN_REF)["run_id"]

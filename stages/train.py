@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from gptpipe import params
+from gptpipe.allocator import keep_freed_memory
 from gptpipe.arrays import load_tokens
 from gptpipe.config_id import TAG as CONFIG_TAG, config_tag
 from gptpipe.errors import run_main
@@ -32,6 +33,7 @@ SPLIT_REPORT = Path("reports/split.json")
 
 
 def main() -> None:
+    keep_freed_memory()  # every step reuses the last one's memory (allocator.py)
     p = params.load()
     relaunch = relaunch_argv(p.train.launcher, sys.argv[0])
     if relaunch is not None:  # train.launcher torchrun: this process becomes torchrun
