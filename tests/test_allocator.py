@@ -3,6 +3,7 @@ faulting thousands of pages in again every step (glibc's default thresholds)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -43,7 +44,7 @@ print(json.dumps((after - before) / 50))
 
 
 def faults_per_step(mode: str) -> float:
-    env = {k: v for k, v in __import__("os").environ.items()
+    env = {k: v for k, v in os.environ.items()
            if k not in allocator.USER_SETTINGS and k != "GLIBC_TUNABLES"}
     out = subprocess.run([sys.executable, "-c", LOOP, mode], capture_output=True, text=True,
                          timeout=120, env=env)
