@@ -5,12 +5,12 @@ Newton-Schulz temporaries: 0.25-2 MB each for the recipe's model). By default
 glibc serves such sizes with mmap, gives them back with munmap and trims the top
 of its heap as soon as 128 KB are free there; it raises those thresholds only as
 it sees large blocks freed. So a fresh training process faulted in thousands of
-pages every step (1,000-3,100 minor page faults a step in the recipe), while a
-long-lived process whose thresholds had already risen faulted none, and ran the
-same step faster: that was the gap between the train stage and the benchmark's
-step. Fixed thresholds (mmap above 32 MiB, glibc's own ceiling for its dynamic
-one on 64-bit; trim beyond 64 MiB free, the pair glibc itself keeps) end the
-faults: 20,125 -> 27,037 tok/s for the recipe's step on the 2-core EPYC, median of
+pages every step (1,000-3,100 minor page faults a step in the recipe), while the
+benchmark's long-lived process, whose thresholds had had time to rise, ran the
+same step faster: the gap between the train stage and the benchmark's step.
+Fixed thresholds (mmap above 32 MiB, glibc's own ceiling for its dynamic one on
+64-bit; trim beyond 64 MiB free, the pair glibc itself keeps) end the faults:
+20,125 -> 27,037 tok/s for the recipe's step on the 2-core EPYC, median of
 5 alternating fresh processes, the faster in every pair.
 
 A threshold set by the user (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, or the
