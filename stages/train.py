@@ -148,9 +148,8 @@ def _log_outputs(run, p, tracker) -> None:
     """What _write_outputs wrote, on the MLflow run: the best val loss, the kept step,
     early stopping, the model's sha256, the chart, the history and the tokenizer."""
     trainer, run_id = run.trainer, run.run_id
-    best = min(trainer.history, key=lambda row: (row.val_loss, row.step))
     kept, stop = trainer.kept_step, trainer.early_stop
-    tracker.log_best_val(run_id, best.val_loss, best.step)
+    tracker.log_best_val(run_id, trainer.best_val, trainer.best_step)  # the lowest eval's
     tracker.set_tags(run_id, {"gptpipe.kept_step": str(kept), "gptpipe.keep": p.train.keep})
     if stop is not None:
         tracker.set_tags(run_id, {"gptpipe.early_stop": stop.message()})
