@@ -249,12 +249,18 @@ def test_server_killed_and_restarted_mid_training(server, template, tmp_path):
     for writer in group:
         writer.start("train", writer_env(writer.project, server))
     deadline = time.monotonic() + STAGE_TIMEOUT_S
-    # mid-training: every writer has its run and a checkpoint, none has finished
-    while not all(w.checkpoint() is not None for w in group):
+    # mid-training: every writer has its run and a checkpoint, none has finished. A
+    # writer is frozen once it has one: 500 tiny steps take a few seconds, so a fast
+    # writer could otherwise finish before a slow one's first checkpoint.
+    frozen: set[int] = set()
+    while len(frozen) < len(group):
         assert time.monotonic() < deadline, "no checkpoints"
-        for writer in group:
+        for n, writer in enumerate(group):
             assert writer.proc.poll() is None, writer.log("train") + writer.project.joinpath(
                 "train.err").read_text()
+            if n not in frozen and writer.checkpoint() is not None:
+                writer.proc.send_signal(signal.SIGSTOP)
+                frozen.add(n)
         time.sleep(0.1)
     # Writer 0 dies once the server holds the rows of its last checkpoint: its rerun
     # re-sends them (the checkpoint keeps them), and must not log them twice. It is
@@ -262,17 +268,19 @@ def test_server_killed_and_restarted_mid_training(server, template, tmp_path):
     # (its steps are milliseconds: a checkpoint every 50 can fall in that gap).
     from gptpipe import checkpoints
 
-    while True:
-        group[0].proc.send_signal(signal.SIGSTOP)
+    while True:  # writer 0 is frozen here: its tracking process still sends
         saved = checkpoints.load(group[0].checkpoint())
         step, run_id = int(saved["trainer"]["step"]), saved["run_id"]
         if any(m["step"] == step for m in history(server, run_id, "batch_loss")):
             group[0].proc.kill()
             break
         group[0].proc.send_signal(signal.SIGCONT)
-        assert time.monotonic() < deadline and group[0].proc.poll() is None, "writer 0"
         time.sleep(0.1)
+        group[0].proc.send_signal(signal.SIGSTOP)
+        assert time.monotonic() < deadline and group[0].proc.poll() is None, "writer 0"
     server.kill()
+    for writer in group[1:]:  # they go on training against a dead server
+        writer.proc.send_signal(signal.SIGCONT)
     saved = checkpoints.load(group[0].checkpoint())
     assert int(saved["trainer"]["step"]) == step, "writer 0 checkpointed again: kill sooner"
     killed_at = time.monotonic() - t0
