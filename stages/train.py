@@ -124,12 +124,13 @@ def _write_outputs(run, p) -> None:
         cfg.as_dict(), state, TOKENIZER, step=kept, keep=p.train.keep,
         trained_steps=trainer.step))
     last = trainer.history[-1]
-    best = min(trainer.history, key=lambda row: (row.val_loss, row.step))
     stop = trainer.early_stop
     write_json(SUMMARY, {"parameters": count_params(trainer.model), "steps": trainer.step,
                          "final_train_loss": round(last.train_loss, 6),
                          "final_val_loss": round(last.val_loss, 6),
-                         "best_val_loss": round(best.val_loss, 6), "best_val_step": best.step,
+                         # the Trainer's best, as the MLflow metrics (_log_outputs)
+                         "best_val_loss": round(trainer.best_val, 6),
+                         "best_val_step": trainer.best_step,
                          # which step's weights models/model.pt holds, and why
                          "keep": p.train.keep, "kept_step": kept,
                          "early_stop": None if stop is None else {

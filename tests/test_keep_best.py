@@ -70,6 +70,7 @@ def test_the_best_eval_is_shipped_recorded_and_registered(overfit):
     assert data.tags["gptpipe.kept_step"] == str(best) and data.tags["gptpipe.keep"] == "best"
     assert data.tags["gptpipe.early_stop"].startswith(f"early stop at step {stop['step']}")
     assert data.metrics["best_val_step"] == best
+    assert data.metrics["best_val_loss"] == pytest.approx(summary["best_val_loss"], abs=1e-6)
     assert data.metrics["early_stop_step"] == stop["step"]
     norms = client.get_metric_history(run_id, "grad_norm_mean")
     assert sorted(m.step for m in norms) == list(range(EVERY, stop["step"] + 1, EVERY))
