@@ -220,6 +220,22 @@ def report(what: str, group: list[Writer], points: int, first: int, last: int,
           f"({total / window_s:.1f}/s; {batches} log-batch), phase wall time {wall_s:.0f} s")
 
 
+def freeze_once_checkpointed(group: list[Writer], deadline: float) -> None:
+    """SIGSTOP each writer as soon as it has a checkpoint (so its run too); return once
+    all are frozen, none finished. 500 tiny steps take a few seconds: unfrozen, a fast
+    writer could finish before a slow one's first checkpoint."""
+    frozen: set[int] = set()
+    while len(frozen) < len(group):
+        assert time.monotonic() < deadline, "no checkpoints"
+        for n, writer in enumerate(group):
+            assert writer.proc.poll() is None, writer.log("train") + writer.project.joinpath(
+                "train.err").read_text()
+            if n not in frozen and writer.checkpoint() is not None:
+                writer.proc.send_signal(signal.SIGSTOP)
+                frozen.add(n)
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_many_writers_on_one_server(server, template, tmp_path):
     """WRITERS trains at once, then their evaluates at once (racing for the alias)."""
@@ -249,35 +265,29 @@ def test_server_killed_and_restarted_mid_training(server, template, tmp_path):
     for writer in group:
         writer.start("train", writer_env(writer.project, server))
     deadline = time.monotonic() + STAGE_TIMEOUT_S
-    # mid-training: every writer has its run and a checkpoint, none has finished. A
-    # writer is frozen once it has one: 500 tiny steps take a few seconds, so a fast
-    # writer could otherwise finish before a slow one's first checkpoint.
-    frozen: set[int] = set()
-    while len(frozen) < len(group):
-        assert time.monotonic() < deadline, "no checkpoints"
-        for n, writer in enumerate(group):
-            assert writer.proc.poll() is None, writer.log("train") + writer.project.joinpath(
-                "train.err").read_text()
-            if n not in frozen and writer.checkpoint() is not None:
-                writer.proc.send_signal(signal.SIGSTOP)
-                frozen.add(n)
-        time.sleep(0.1)
-    # Writer 0 dies once the server holds the rows of its last checkpoint: its rerun
-    # re-sends them (the checkpoint keeps them), and must not log them twice. It is
-    # frozen while we look, so it cannot checkpoint again between the look and the kill
-    # (its steps are milliseconds: a checkpoint every 50 can fall in that gap).
     from gptpipe import checkpoints
 
-    while True:  # writer 0 is frozen here: its tracking process still sends
-        saved = checkpoints.load(group[0].checkpoint())
-        step, run_id = int(saved["trainer"]["step"]), saved["run_id"]
-        if any(m["step"] == step for m in history(server, run_id, "batch_loss")):
-            group[0].proc.kill()
-            break
-        group[0].proc.send_signal(signal.SIGCONT)
-        time.sleep(0.1)
-        group[0].proc.send_signal(signal.SIGSTOP)
-        assert time.monotonic() < deadline and group[0].proc.poll() is None, "writer 0"
+    try:
+        freeze_once_checkpointed(group, deadline)
+        # Writer 0 dies once the server holds the rows of its last checkpoint: its
+        # rerun re-sends them (the checkpoint keeps them), and must not log them twice.
+        # It stays frozen while we look, so it cannot checkpoint again between the look
+        # and the kill (its steps are milliseconds: a checkpoint every 50 can fall in
+        # that gap); its tracking process still sends.
+        while True:
+            saved = checkpoints.load(group[0].checkpoint())
+            step, run_id = int(saved["trainer"]["step"]), saved["run_id"]
+            if any(m["step"] == step for m in history(server, run_id, "batch_loss")):
+                group[0].proc.kill()
+                break
+            group[0].proc.send_signal(signal.SIGCONT)
+            time.sleep(0.1)
+            group[0].proc.send_signal(signal.SIGSTOP)
+            assert time.monotonic() < deadline and group[0].proc.poll() is None, "writer 0"
+    except BaseException:
+        for writer in group:  # a frozen writer would never exit on its own
+            writer.proc.kill()
+        raise
     server.kill()
     for writer in group[1:]:  # they go on training against a dead server
         writer.proc.send_signal(signal.SIGCONT)
