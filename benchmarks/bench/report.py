@@ -111,8 +111,10 @@ def how_section() -> list[str]:
         "choices are not decided by rounding.",
         "- **stages**: each stage script run as DVC would run it, in a temp project; "
         "seconds are wall time including Python start-up, peak RSS from wait4. The "
-        "no-op `dvc repro` alternates between gptpipe's project and a plain chain of "
-        "as many `cp` stages; `dvc status --json` confirms each ran nothing.",
+        "no-op `dvc repro` alternates between gptpipe's project, a plain chain of "
+        "as many `cp` stages, and that chain with as many file deps per stage as gptpipe's "
+        "stages list (DVC's own cost per dep), 9 rounds; `dvc status --json` confirms each "
+        "ran nothing.",
         f"- **loss**: the train stage on tinyshakespeare (char tokenizer, 90/10 split), "
         f"in a temp dir with a temp MLflow store. The time to val loss <= {TARGET_VAL} "
         "is the stage's wall time (start-up, step-0 eval, evals and writing outputs "
