@@ -125,7 +125,7 @@ def how_section() -> list[str]:
         "val split of each seed's model at that first eval (retrained to that step "
         "in-process, same seed, unless it is the final model). Eval sets hold >= 20 x 12 x "
         f"64 tokens. Each config runs once per seed, `--repeats` seeds (default {LOSS_REPEATS}: "
-        "train.seed 1337, 1338, 1339), configs in alternating order; the median and the "
+        "train.seed 1337, 1338, ...), configs in alternating order; the median and the "
         "spread (min-max) over the seeds are shown, and the recipe's goal is judged on its "
         "worst seed against the baseline's median. Goals are judged only against the "
         "baseline of the same command; "
