@@ -32,7 +32,7 @@ EXPECTED_ROWS = [
     ("loss", "train.autocast auto"),
     ("loss", "recipe: benchmarks/tinyshakespeare.yaml"),
     ("dvc", "no-op `dvc repro`, gptpipe's"),
-    ("dvc", "no-op `dvc repro`, a plain 8-stage chain whose stages list as many file deps"),
+    ("dvc", "chain whose stages list as many file deps as gptpipe's"),
     ("evaluate", "fp32, batch 64 (the evaluate stage before)"),
     ("evaluate", "the evaluate stage now: train.autocast auto"),
     ("evaluate", "bf16 autocast, batch 256"),

@@ -27,6 +27,7 @@ REF_TOKENS_S = 16_400     # its median training throughput
 # seeds, so 3 leave its median to chance
 LOSS_REPEATS = 5
 REF_NOOP_S = 0.77         # no-op `dvc repro` of a 7-stage chain
+NOOP_ROUNDS = 9           # interleaved no-op `dvc repro` rounds (--quick: 2)
 MIN_EVAL_TOKENS = 20 * 12 * 64  # eval_batches * batch_size * block_size of the reference
 SECTIONS = ("peak", "throughput", "sampling", "stages", "firststeps", "loss", "dvc", "evaluate",
             "sweep", "tokenizers")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from .common import QUICK_TRAIN, RECIPE_PRESET, REF_NOOP_S, Context, median, ratio
+from .common import (NOOP_ROUNDS, QUICK_TRAIN, RECIPE_PRESET, REF_NOOP_S, Context, median,
+                     ratio)
 from .measure import Project, dvc_bin, git_dvc_init, load_yaml
 from .stages import _stage_row
 
@@ -68,7 +69,7 @@ def bench_dvc(ctx: Context) -> None:
     chain_deps = _chain_project(ctx.tmp / "chain-deps", ctx, n_deps)
     chains = {"chain": chain, "chain-deps": chain_deps}
     times: dict[str, list[float]] = {label: [] for label in [*projects, *chains]}
-    for _ in range(2 if ctx.quick else 9):  # interleaved
+    for _ in range(2 if ctx.quick else NOOP_ROUNDS):  # interleaved
         for label, p in [*projects.items(), *chains.items()]:
             start = time.perf_counter()
             out = p.run([dvc, "repro"])

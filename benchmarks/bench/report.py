@@ -1,7 +1,8 @@
 """The table and BENCHMARKS.md."""
 from __future__ import annotations
 
-from .common import LOSS_REPEATS, REF_SECONDS, SECTIONS, TARGET_VAL, Context, Row, _load
+from .common import (LOSS_REPEATS, NOOP_ROUNDS, REF_SECONDS, SECTIONS, TARGET_VAL, Context, Row,
+                     _load)
 
 
 def table(rows: list[Row]) -> str:
@@ -113,8 +114,8 @@ def how_section() -> list[str]:
         "seconds are wall time including Python start-up, peak RSS from wait4. The "
         "no-op `dvc repro` alternates between gptpipe's project, a plain chain of "
         "as many `cp` stages, and that chain with as many file deps per stage as gptpipe's "
-        "stages list (DVC's own cost per dep), 9 rounds; `dvc status --json` confirms each "
-        "ran nothing.",
+        f"stages list (DVC's own cost per dep), {NOOP_ROUNDS} rounds; `dvc status --json` "
+        "confirms each ran nothing.",
         f"- **loss**: the train stage on tinyshakespeare (char tokenizer, 90/10 split), "
         f"in a temp dir with a temp MLflow store. The time to val loss <= {TARGET_VAL} "
         "is the stage's wall time (start-up, step-0 eval, evals and writing outputs "
