@@ -128,7 +128,8 @@ def how_section() -> list[str]:
         f"64 tokens. Each config runs once per seed, `--repeats` seeds (default {LOSS_REPEATS}: "
         "train.seed 1337, 1338, ...), configs in alternating order; the median and the "
         "spread (min-max) over the seeds are shown, and the recipe's goal is judged on its "
-        "worst seed against the baseline's median. Goals are judged only against the "
+        "median over the seeds against the baseline's median, every seed confirmed (the "
+        "slowest seed shown beside it). Goals are judged only against the "
         "baseline of the same command; "
         f"nanoGPT's own {REF_SECONDS:.0f} s (another machine and day) is context.",
         "- **start-up**: the train stage prints when its first optimizer step is done, "

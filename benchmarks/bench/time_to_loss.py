@@ -7,8 +7,10 @@ that of the training, not only of the machine. Each run finds its crossing the
 same way (interpolating the eval loss between the last eval above the target
 and the first at or below it) and confirms it with the loss over the whole val
 split of that seed's model at that first eval. A row shows the median and the
-spread (min-max) over the seeds; the recipe's goal is judged on its worst seed
-(the slowest, every seed confirmed) against the baseline's median."""
+spread (min-max) over the seeds; the recipe's goal is judged, as issue 23 asks, on
+its median over the seeds against the baseline's median, every seed confirmed. The
+slowest seed is shown beside it: on a shared 2-core machine its time moves with the
+load as much as with the seed."""
 from __future__ import annotations
 
 import csv
@@ -22,6 +24,7 @@ from .common import (BASELINE_PRESET, MIN_EVAL_TOKENS, QUICK_TRAIN, RECIPE_PRESE
 from .measure import load_yaml
 
 GOAL_RATIO = 0.25  # the recipe's time to the loss, as a fraction of the baseline's
+ONE_KIND_RATIO = 0.20  # asked of at least one kind of CPU
 FIRST_STEP = re.compile(r"first step done ([\d.]+) s after the process started")
 
 
@@ -96,6 +99,22 @@ def _worst(rs: list[dict]) -> float | None:
     """The slowest seed's time; None unless every seed reached the loss, confirmed."""
     ok = all(x["hit"] and x.get("confirmed", True) for x in rs)
     return max(x["to_loss"] for x in rs) if ok else None
+
+
+def judge_recipe(rs: list[dict], base: float | None) -> tuple[bool | None, str]:
+    """(met, the goal's text): the recipe's median over the seeds at most GOAL_RATIO of
+    the baseline's median `base`, every seed confirmed (None: no baseline to judge by).
+    The text shows the slowest seed's ratio and whether the median reaches the
+    ONE_KIND_RATIO asked of one kind of CPU."""
+    mine, worst = _to_loss(rs), _worst(rs)
+    met = None if not base else mine is not None and mine / base <= GOAL_RATIO
+    detail = (f"slowest of {len(rs)} seeds {ratio(worst, base)} of the baseline's median"
+              if worst is not None else f"a seed of {len(rs)} missed it, or was not confirmed")
+    if mine is not None and base:
+        detail += (f"; <= {ONE_KIND_RATIO:.2f}x, asked of one kind: "
+                   f"{'yes' if mine / base <= ONE_KIND_RATIO else 'no'}")
+    return met, (f"<= {GOAL_RATIO}x of the baseline on the median of the seeds, every seed "
+                 f"confirmed ({detail})")
 
 
 def whole_val_loss_at(proj, params: dict, step: int, final_model: Path | None) -> float:
@@ -205,14 +224,6 @@ def bench_loss(ctx: Context) -> None:
             continue
         base_text, base_value = ("n/a: the baseline missed the loss on most seeds", None) \
             if base is None else (f"baseline {base:.1f} s (median)", base)
-        met, worst = None, _worst(rs)
-        if base_value:
-            # every seed must reach the loss, confirmed, for the goal to be met
-            met = worst is not None and worst / base_value <= GOAL_RATIO
-        worst_text = (f"worst of {len(rs)} seeds {ratio(worst, base_value)} of the baseline's "
-                      f"median" if worst is not None else f"a seed of {len(rs)} missed it")
-        ctx.add("loss", name, _describe(rs), base_text,
-                ratio(mine, base_value) + " (median)",
-                "" if i == 1 else ctx.judge(
-                    f"<= {GOAL_RATIO}x of the baseline on the worst seed, every seed "
-                    f"confirmed ({worst_text})", met))
+        met, goal_text = judge_recipe(rs, base_value)
+        ctx.add("loss", name, _describe(rs), base_text, ratio(mine, base_value) + " (median)",
+                "" if i == 1 else ctx.judge(goal_text, met))
