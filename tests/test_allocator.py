@@ -10,6 +10,8 @@ import sys
 import pytest
 
 from gptpipe import allocator
+from helpers import env_for, make_project, run, tiny_text
+from projects import write_params
 
 # A training loop of 1 MB activations, 16 MB of them kept for the backward: the
 # recipe's sizes, in a step that holds many times its largest tensor.
@@ -66,3 +68,46 @@ def test_thresholds_the_user_set_are_left_alone(monkeypatch):
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=65536")
     assert allocator.keep_freed_memory() is False
+
+
+# The recipe's width and batch (its tensors are 0.25-2 MB), one thread, no evals
+# between the first and the last step: what a step faults in shows in the difference
+# between a short and a long run of the same stage.
+STAGE_PARAMS = {"model": {"n_layer": 2, "n_head": 4, "n_embd": 128, "block_size": 64},
+                "train": {"batch_size": 16, "threads": 1, "warmup_iters": 5}}
+SHORT, LONG = 20, 120
+# A glibc.malloc tunable of the user's makes the stage leave malloc alone: this one
+# changes nothing (no perturbation is glibc's default), so the thresholds stay glibc's
+# own, rising as it sees large blocks freed.
+GLIBC_DEFAULTS = {"GLIBC_TUNABLES": "glibc.malloc.perturb=0"}
+
+
+def _stage_faults(project, steps: int, **env: str) -> int:
+    """Minor page faults of `python stages/train.py` (its tracking process included)."""
+    write_params(project, {"train": {"max_iters": steps, "eval_interval": steps,
+                                     "checkpoint_interval": steps}})
+    proc = subprocess.Popen([sys.executable, "stages/train.py"], cwd=project,
+                            env=env_for(project, **env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read().decode()
+    return usage.ru_minflt
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc: Linux")
+def test_the_train_stage_does_not_fault_its_memory_in_again_every_step(tmp_path):
+    """stages/train.py sets the thresholds itself: its steps fault in a small fraction
+    of the pages they fault in with glibc's defaults."""
+    project = make_project(tmp_path / "proj", STAGE_PARAMS, corpus=tiny_text())
+    run(["dvc", "repro", "split"], project, timeout=180)
+
+    def per_step(**env: str) -> float:
+        short = _stage_faults(project, SHORT, **env)
+        return (_stage_faults(project, LONG, **env) - short) / (LONG - SHORT)
+
+    kept, default = per_step(), per_step(**GLIBC_DEFAULTS)
+    print(f"\ntrain stage, minor page faults a step: {kept:.0f} as it runs, "
+          f"{default:.0f} with glibc's defaults")
+    assert default >= 200
+    assert kept * 5 <= default
