@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 
@@ -83,15 +84,13 @@ GLIBC_DEFAULTS = {"GLIBC_TUNABLES": "glibc.malloc.perturb=0"}
 
 
 def _stage_faults(project, steps: int, **env: str) -> int:
-    """Minor page faults of `python stages/train.py` (its tracking process included)."""
+    """Minor page faults of `python stages/train.py`, its tracking process included
+    (both reaped within the call)."""
     write_params(project, {"train": {"max_iters": steps, "eval_interval": steps,
                                      "checkpoint_interval": steps}})
-    proc = subprocess.Popen([sys.executable, "stages/train.py"], cwd=project,
-                            env=env_for(project, **env), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read().decode()
-    return usage.ru_minflt
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
+    run([sys.executable, "stages/train.py"], project, env=env_for(project, **env), timeout=300)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 writes the table with every row, on real stages, DVC, MLflow and torch."""
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import sys
@@ -80,15 +81,21 @@ EARLIER = ("# Benchmarks\n\n## CPU with AMX, elsewhere\n\n- machine: an earlier 
            "fine-tuned 0.70x\n\n<!-- benchmarks/finetune.py: end -->\n")
 
 
+def _bench_module(name: str):
+    """benchmarks/bench/<name>.py (benchmarks/ is not a package on the tests' path)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(f"bench.{name}")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
 def test_rewriting_benchmarks_md_keeps_each_section_once():
     """Each `make bench` rewrites its machine's section and keeps the others: a
     file that a bad merge left with repeated How and fine-tuning sections comes out
     with one of each, and the other kinds' sections verbatim."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from bench.report import how_section, kept_parts
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    report = _bench_module("report")
+    how_section, kept_parts = report.how_section, report.kept_parts
     how = "\n".join(how_section())
     repeated = EARLIER + "\n" + how + "\n" + EARLIER.split("## How", 1)[1].split("\n", 1)[1]
     others, block = kept_parts(repeated, "CPU with AVX-512 BF16, no AMX")
@@ -98,15 +105,6 @@ def test_rewriting_benchmarks_md_keeps_each_section_once():
     assert kept_parts(repeated, "CPU with AMX, elsewhere")[0] == []
 
 
-def _time_to_loss_module():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from bench import time_to_loss
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return time_to_loss
-
-
 def _seeds(*times: float, confirmed: bool = True) -> list[dict]:
     return [{"hit": True, "to_loss": t, "confirmed": confirmed} for t in times]
 
@@ -114,7 +112,7 @@ def _seeds(*times: float, confirmed: bool = True) -> list[dict]:
 def test_recipe_goal_is_met_on_the_median_of_the_seeds_with_the_slowest_shown():
     """Issue 23 asks for the median of the seeds: a slow seed on a loaded machine does
     not fail the goal, but the row still shows how slow it was."""
-    ttl = _time_to_loss_module()
+    ttl = _bench_module("time_to_loss")
     met, text = ttl.judge_recipe(_seeds(18.5, 18.8, 19.5, 21.3, 23.7), base=89.0)
     assert met is True
     assert "median of the seeds" in text
@@ -125,7 +123,7 @@ def test_recipe_goal_is_met_on_the_median_of_the_seeds_with_the_slowest_shown():
 
 
 def test_recipe_goal_fails_on_a_slow_median_or_an_unconfirmed_seed():
-    ttl = _time_to_loss_module()
+    ttl = _bench_module("time_to_loss")
     assert ttl.judge_recipe(_seeds(22.0, 23.0, 24.0), base=89.0)[0] is False  # 0.26x
     seeds = _seeds(17.0, 18.0) + _seeds(17.5, confirmed=False)
     met, text = ttl.judge_recipe(seeds, base=89.0)
