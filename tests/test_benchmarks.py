@@ -2,7 +2,6 @@
 writes the table with every row, on real stages, DVC, MLflow and torch."""
 from __future__ import annotations
 
-import importlib
 import re
 import subprocess
 import sys
@@ -81,20 +80,22 @@ EARLIER = ("# Benchmarks\n\n## CPU with AMX, elsewhere\n\n- machine: an earlier 
            "fine-tuned 0.70x\n\n<!-- benchmarks/finetune.py: end -->\n")
 
 
-def _bench_module(name: str):
-    """benchmarks/bench/<name>.py (benchmarks/ is not a package on the tests' path)."""
+def _bench():
+    """benchmarks/bench's report and time_to_loss modules (benchmarks/ is not on the
+    tests' path; a static import: tests/pickle_scan.py refuses import by name)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        return importlib.import_module(f"bench.{name}")
+        from bench import report, time_to_loss
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+    return report, time_to_loss
 
 
 def test_rewriting_benchmarks_md_keeps_each_section_once():
     """Each `make bench` rewrites its machine's section and keeps the others: a
     file that a bad merge left with repeated How and fine-tuning sections comes out
     with one of each, and the other kinds' sections verbatim."""
-    report = _bench_module("report")
+    report, _ = _bench()
     how_section, kept_parts = report.how_section, report.kept_parts
     how = "\n".join(how_section())
     repeated = EARLIER + "\n" + how + "\n" + EARLIER.split("## How", 1)[1].split("\n", 1)[1]
@@ -112,7 +113,7 @@ def _seeds(*times: float, confirmed: bool = True) -> list[dict]:
 def test_recipe_goal_is_met_on_the_median_of_the_seeds_with_the_slowest_shown():
     """Issue 23 asks for the median of the seeds: a slow seed on a loaded machine does
     not fail the goal, but the row still shows how slow it was."""
-    ttl = _bench_module("time_to_loss")
+    _, ttl = _bench()
     met, text = ttl.judge_recipe(_seeds(18.5, 18.8, 19.5, 21.3, 23.7), base=89.0)
     assert met is True
     assert "median of the seeds" in text
@@ -123,7 +124,7 @@ def test_recipe_goal_is_met_on_the_median_of_the_seeds_with_the_slowest_shown():
 
 
 def test_recipe_goal_fails_on_a_slow_median_or_an_unconfirmed_seed():
-    ttl = _bench_module("time_to_loss")
+    _, ttl = _bench()
     assert ttl.judge_recipe(_seeds(22.0, 23.0, 24.0), base=89.0)[0] is False  # 0.26x
     seeds = _seeds(17.0, 18.0) + _seeds(17.5, confirmed=False)
     met, text = ttl.judge_recipe(seeds, base=89.0)
