@@ -33,6 +33,7 @@ EXPECTED_ROWS = [
     ("loss", "recipe: benchmarks/tinyshakespeare.yaml"),
     ("dvc", "no-op `dvc repro`, gptpipe's"),
     ("dvc", "chain whose stages list as many file deps as gptpipe's"),
+    ("dvc", "module deps as one dep on the folder"),
     ("evaluate", "fp32, batch 64 (the evaluate stage before)"),
     ("evaluate", "the evaluate stage now: train.autocast auto"),
     ("evaluate", "bf16 autocast, batch 256"),

@@ -113,9 +113,11 @@ def how_section() -> list[str]:
         "- **stages**: each stage script run as DVC would run it, in a temp project; "
         "seconds are wall time including Python start-up, peak RSS from wait4. The "
         "no-op `dvc repro` alternates between gptpipe's project, a plain chain of "
-        "as many `cp` stages, and that chain with as many file deps per stage as gptpipe's "
-        f"stages list (DVC's own cost per dep), {NOOP_ROUNDS} rounds; `dvc status --json` "
-        "confirms each ran nothing.",
+        "as many `cp` stages, that chain with as many file deps per stage as gptpipe's "
+        "stages list (DVC's own cost per dep), and a copy of gptpipe's project whose "
+        "stages list the `src/gptpipe` folder in place of their modules (recorded with "
+        f"`dvc commit`), {NOOP_ROUNDS} rounds; `dvc status --json` confirms each ran "
+        "nothing.",
         f"- **loss**: the train stage on tinyshakespeare (char tokenizer, 90/10 split), "
         f"in a temp dir with a temp MLflow store. The time to val loss <= {TARGET_VAL} "
         "is the stage's wall time (start-up, step-0 eval, evals and writing outputs "
