@@ -97,8 +97,8 @@ def test_rewriting_benchmarks_md_keeps_each_section_once():
     file that a bad merge left with repeated How and fine-tuning sections comes out
     with one of each, and the other kinds' sections verbatim."""
     report, _ = _bench()
-    how_section, kept_parts = report.how_section, report.kept_parts
-    how = "\n".join(how_section())
+    kept_parts = report.kept_parts
+    how = "\n".join(report.how_section())
     repeated = EARLIER + "\n" + how + "\n" + EARLIER.split("## How", 1)[1].split("\n", 1)[1]
     others, block = kept_parts(repeated, "CPU with AVX-512 BF16, no AMX")
     assert others == ["## CPU with AMX, elsewhere", "", "- machine: an earlier Xeon"]
