@@ -220,18 +220,54 @@ def test_attention_runs_in_fp32_under_cpu_bf16_autocast(kind, monkeypatch):
 
 
 @pytest.mark.parametrize("bf16", [False, True])
-def test_newton_schulz_on_a_stack_orthogonalises_each_matrix_as_alone(bf16):
+@pytest.mark.parametrize("kind", ["quintic", "polar_express"])
+def test_newton_schulz_on_a_stack_orthogonalises_each_matrix_as_alone(kind, bf16):
     from gptpipe.optim import _newton_schulz
 
     torch.manual_seed(0)
     stack = torch.randn(3, 16, 48)  # three same-shape matrices: one bmm chain
-    together = _newton_schulz(stack, 5, bf16).float()
-    alone = torch.cat([_newton_schulz(m[None], 5, bf16).float() for m in stack])
+    together = _newton_schulz(stack, kind, 5, bf16).float()
+    alone = torch.cat([_newton_schulz(m[None], kind, 5, bf16).float() for m in stack])
     assert torch.allclose(together, alone, atol=1e-2 if bf16 else 1e-5)
     # near-orthogonal rows: singular values in Muon's band around 1, not the input's
     singular = torch.linalg.svdvals(together)
     assert singular.min() > 0.5 and singular.max() < 1.3, singular
     assert torch.linalg.svdvals(stack).max() > 5
+
+
+def test_polar_express_orthogonalises_more_closely_than_the_quintic_in_as_many_iterations():
+    from gptpipe.optim import _newton_schulz
+
+    torch.manual_seed(0)
+    # (3, 64, 128) updates with singular values spread over two decades
+    u = torch.linalg.qr(torch.randn(3, 64, 64)).Q
+    v = torch.linalg.qr(torch.randn(3, 128, 64)).Q
+    grads = u @ torch.diag_embed(torch.logspace(0, -2, 64).expand(3, 64)) @ v.mT
+    singular = {(kind, steps): torch.linalg.svdvals(_newton_schulz(grads, kind, steps, False))
+                for kind in ("quintic", "polar_express") for steps in (4, 5)}
+    band = {key: (round(s.min().item(), 2), round(s.max().item(), 2))
+            for key, s in singular.items()}
+    lo, hi = band["polar_express", 5]
+    assert 0.8 < lo and hi < 1.2, band
+    assert band["quintic", 5][0] < 0.7, band  # the quintic's 5 leave the small ones lower
+    # 4 iterations: every direction's step within a factor of 1.6 of the others'
+    lo, hi = band["polar_express", 4]
+    assert 0.4 < lo and hi < 1.6, band
+
+
+def test_train_muon_ns_steps_and_coefficients_are_the_ones_muon_uses():
+    weights = {}
+    for steps, kind in ((5, "quintic"), (4, "quintic"), (4, "polar_express")):
+        torch.manual_seed(0)
+        trainer = make_trainer(modern(), muon_ns_steps=steps, muon_ns_coefficients=kind)
+        muon = trainer.optimizer.optimizers[1]
+        assert ([g["ns_steps"] for g in muon.param_groups], muon.ns_coefficients) == \
+            ([steps], kind)
+        for _ in range(3):
+            trainer.train_step()
+        weights[steps, kind] = trainer.model.blocks[0].mlp.c_fc.weight.detach().clone()
+    assert not torch.equal(weights[5, "quintic"], weights[4, "quintic"])
+    assert not torch.equal(weights[4, "quintic"], weights[4, "polar_express"])
 
 
 def test_muon_in_bf16_takes_the_same_steps_as_in_fp32_to_bf16_precision():

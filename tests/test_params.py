@@ -155,6 +155,7 @@ def test_every_choice_key_is_a_literal_the_check_uses():
         "train.device": ("auto", "cpu", "cuda", "mps"),
         "train.autocast": ("auto", "bf16", "off"),
         "train.optimizer": ("adamw", "muon"),
+        "train.muon_ns_coefficients": ("quintic", "polar_express"),
         "train.keep": ("best", "last"),
     }
     for key, allowed in choice_keys().items():  # the message lists the Literal's choices
@@ -172,7 +173,7 @@ def test_the_ranges_params_yaml_states_are_read_and_each_is_its_fields():
     assert stated == {"data.timeout_s", "data.retries", "clean.max_replaced_fraction",
                       "split.train_fraction", "split.max_val_overlap", "model.dropout",
                       "train.lr", "train.weight_decay", "train.beta1", "train.beta2",
-                      "train.muon_momentum",
+                      "train.muon_momentum", "train.muon_ns_steps",
                       "train.grad_clip", "train.threads", "train.early_stop_patience",
                       "train.early_stop_min_delta", "train.peak_gflops", "evaluate.train_windows",
                       "sample.temperature", "sample.top_p"}

@@ -53,17 +53,19 @@ def newton_schulz_work(model, bf16: bool):
     and its GFLOP. No Muon step can take less than the AdamW step plus this."""
     import torch
 
-    from gptpipe.optim import NS_STEPS, _newton_schulz, _same_shape
+    from gptpipe.optim import _newton_schulz, _same_shape
+    from gptpipe.params import TrainParams
 
+    kind, steps = TrainParams().muon_ns_coefficients, TrainParams().muon_ns_steps  # the row's
     mats = [p for name, p in model.named_parameters() if p.dim() == 2 and name.startswith("blocks.")]
     stacks = [torch.randn(len(group), *sorted(mats[group[0]].shape)) for group in _same_shape(mats)]
     # per iteration: X X^T (2 r r c), A A (2 r^3), B X (2 r r c) for each (r, c) matrix
-    gflop = sum(s.size(0) * NS_STEPS * (4 * s.size(1) ** 2 * s.size(2) + 2 * s.size(1) ** 3)
+    gflop = sum(s.size(0) * steps * (4 * s.size(1) ** 2 * s.size(2) + 2 * s.size(1) ** 3)
                 for s in stacks) / 1e9
 
     def work() -> None:
         for stack in stacks:
-            _newton_schulz(stack, NS_STEPS, bf16)
+            _newton_schulz(stack, kind, steps, bf16)
     return work, gflop
 
 

@@ -44,8 +44,10 @@ def configure_optimizer(model: nn.Module, tp: TrainParams, device: torch.device,
         # Decay per unit of Muon's lr, so these weights shrink by train.lr's
         # lr * weight_decay a step, as AdamW's do (not muon_lr's: 20x more by default).
         decay = tp.weight_decay * tp.lr / tp.muon_lr
-        optimizer = OptimizerChain([optimizer, Muon(muon, lr=tp.muon_lr, momentum=tp.muon_momentum,
-                                                weight_decay=decay, ns_bf16=ns_bf16)])
+        optimizer = OptimizerChain([optimizer, Muon(
+            muon, lr=tp.muon_lr, momentum=tp.muon_momentum, weight_decay=decay,
+            ns_steps=tp.muon_ns_steps, ns_coefficients=tp.muon_ns_coefficients,
+            ns_bf16=ns_bf16)])
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]  # the peak lr, which the schedule scales
     return optimizer
@@ -143,14 +145,35 @@ class AdamW(Optimizer):
 
 NS_STEPS = 5  # Newton-Schulz iterations per Muon step, as in Muon's reference
 
+# Each iteration maps X to a*X + (b*A + c*A@A)@X with A = X@X^T, which moves every
+# singular value s of X by p(s) = a*s + b*s^3 + c*s^5 towards 1.
+QUINTIC = (3.4445, -4.7750, 2.0315)  # Muon's: the same p every iteration
+# Polar Express (Amsel et al., 2025), as modded-nanogpt uses it: a p per iteration,
+# each the best for where the previous ones left the singular values. Past the
+# fifth, the last repeats. X starts at its norm times 1.02, not 1: the first
+# polynomial is tuned for singular values up to 1 and grows fast past it, and the
+# margin keeps rounding from pushing one there.
+POLAR_EXPRESS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
 
-def _newton_schulz(G: torch.Tensor, steps: int, bf16: bool) -> torch.Tensor:
-    """Approximately orthogonalise a stack of wide (rows <= cols) matrices: the
-    quintic iteration of Muon, in bf16 when `bf16` (where bf16 matmuls are fast)."""
-    a, b, c = 3.4445, -4.7750, 2.0315
+
+def _newton_schulz(G: torch.Tensor, kind: str, steps: int, bf16: bool) -> torch.Tensor:
+    """Approximately orthogonalise a stack of wide (rows <= cols) matrices with
+    `steps` iterations of `kind` (train.muon_ns_coefficients), in bf16 when `bf16`
+    (where bf16 matmuls are fast)."""
+    if kind == "polar_express":
+        coefficients = [POLAR_EXPRESS[min(i, len(POLAR_EXPRESS) - 1)] for i in range(steps)]
+        norm_scale = 1.02
+    else:
+        coefficients, norm_scale = [QUINTIC] * steps, 1.0
     X = G.bfloat16() if bf16 else G.float()
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
-    for _ in range(steps):
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * norm_scale + 1e-7)
+    for a, b, c in coefficients:
         A = X @ X.mT
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b*A + c*A@A
         X = torch.baddbmm(X, B, X, beta=a)           # a*X + B@X
@@ -165,9 +188,11 @@ class Muon(Optimizer):
     step multiplies the weights by 1 - lr * weight_decay."""
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95,
-                 weight_decay: float = 0.0, ns_steps: int = NS_STEPS, ns_bf16: bool = False):
+                 weight_decay: float = 0.0, ns_steps: int = NS_STEPS,
+                 ns_coefficients: str = "quintic", ns_bf16: bool = False):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       ns_steps=ns_steps))
+        self.ns_coefficients = ns_coefficients
         self.ns_bf16 = ns_bf16
 
     @torch.no_grad()
@@ -189,7 +214,8 @@ class Muon(Optimizer):
                 # (k, rows, cols) with rows <= cols: tall matrices go in transposed
                 stack = torch.stack([updates[i].mT if _tall(params[i]) else updates[i]
                                      for i in indices])
-                ortho = _newton_schulz(stack, group["ns_steps"], self.ns_bf16)
+                ortho = _newton_schulz(stack, self.ns_coefficients, group["ns_steps"],
+                                       self.ns_bf16)
                 ortho = ortho.to(params[indices[0]].dtype).unbind(0)  # one cast per stack
                 for tall in (False, True):  # one add kernel per orientation (its own scale)
                     pairs = [(params[i], o.mT if tall else o)

@@ -223,6 +223,8 @@ class TrainParams:
     optimizer: Literal["adamw", "muon"] = "adamw"  # muon: the blocks' matrices; the rest AdamW
     muon_lr: float = checked(0.02, LR_RANGE)  # Muon's peak step; the schedule scales it
     muon_momentum: float = checked(0.95, BELOW_1)  # Muon's Nesterov momentum
+    muon_ns_steps: int = checked(5, Range(1, 20))  # Newton-Schulz iterations per Muon step
+    muon_ns_coefficients: Literal["quintic", "polar_express"] = "quintic"
     init_from: str = checked("scratch", _non_empty(
         "scratch, a model file, runs:/<id>/model or models:/<name>@<alias>"))
     keep: Literal["best", "last"] = "best"  # the weights shipped: lowest val loss, or the last
