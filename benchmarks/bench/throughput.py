@@ -56,7 +56,8 @@ def newton_schulz_work(model, bf16: bool):
     from gptpipe.optim import _newton_schulz, _same_shape
     from gptpipe.params import TrainParams
 
-    kind, steps = TrainParams().muon_ns_coefficients, TrainParams().muon_ns_steps  # the row's
+    row = TrainParams()  # the Muon row trains with train's defaults
+    kind, steps = row.muon_ns_coefficients, row.muon_ns_steps
     mats = [p for name, p in model.named_parameters() if p.dim() == 2 and name.startswith("blocks.")]
     stacks = [torch.randn(len(group), *sorted(mats[group[0]].shape)) for group in _same_shape(mats)]
     # per iteration: X X^T (2 r r c), A A (2 r^3), B X (2 r r c) for each (r, c) matrix

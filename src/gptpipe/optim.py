@@ -145,14 +145,16 @@ class AdamW(Optimizer):
 
 NS_STEPS = 5  # Newton-Schulz iterations per Muon step, as in Muon's reference
 
-# Each iteration maps X to a*X + (b*A + c*A@A)@X with A = X@X^T, which moves every
-# singular value s of X by p(s) = a*s + b*s^3 + c*s^5 towards 1.
+# Each iteration maps X to a*X + (b*A + c*A@A)@X with A = X@X^T: every singular
+# value s of X becomes p(s) = a*s + b*s^3 + c*s^5, each p chosen to bring the
+# composition close to 1 on (0, 1].
 QUINTIC = (3.4445, -4.7750, 2.0315)  # Muon's: the same p every iteration
-# Polar Express (Amsel et al., 2025), as modded-nanogpt uses it: a p per iteration,
-# each the best for where the previous ones left the singular values. Past the
-# fifth, the last repeats. X starts at its norm times 1.02, not 1: the first
-# polynomial is tuned for singular values up to 1 and grows fast past it, and the
-# margin keeps rounding from pushing one there.
+# Polar Express (Amsel et al., 2025), modded-nanogpt's schedule of five: a p per
+# iteration, each the best for where the previous ones left the singular values.
+# Fewer iterations take its first ones; past the fifth, the last repeats (which
+# keeps narrowing the band around 1). X is divided by 1.02 times its norm, as
+# modded-nanogpt does: the first polynomial is tuned for singular values up to 1
+# and grows fast past it, and the margin keeps rounding from pushing one there.
 POLAR_EXPRESS = (
     (8.156554524902461, -22.48329292557795, 15.878769915207462),
     (4.042929935166739, -2.808917465908714, 0.5000178451051316),
@@ -169,8 +171,10 @@ def _newton_schulz(G: torch.Tensor, kind: str, steps: int, bf16: bool) -> torch.
     if kind == "polar_express":
         coefficients = [POLAR_EXPRESS[min(i, len(POLAR_EXPRESS) - 1)] for i in range(steps)]
         norm_scale = 1.02
-    else:
+    elif kind == "quintic":
         coefficients, norm_scale = [QUINTIC] * steps, 1.0
+    else:
+        raise ValueError(f"unknown Newton-Schulz coefficients {kind!r}")
     X = G.bfloat16() if bf16 else G.float()
     X = X / (X.norm(dim=(-2, -1), keepdim=True) * norm_scale + 1e-7)
     for a, b, c in coefficients:
@@ -191,8 +195,7 @@ class Muon(Optimizer):
                  weight_decay: float = 0.0, ns_steps: int = NS_STEPS,
                  ns_coefficients: str = "quintic", ns_bf16: bool = False):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                      ns_steps=ns_steps))
-        self.ns_coefficients = ns_coefficients
+                                      ns_steps=ns_steps, ns_coefficients=ns_coefficients))
         self.ns_bf16 = ns_bf16
 
     @torch.no_grad()
@@ -214,7 +217,7 @@ class Muon(Optimizer):
                 # (k, rows, cols) with rows <= cols: tall matrices go in transposed
                 stack = torch.stack([updates[i].mT if _tall(params[i]) else updates[i]
                                      for i in indices])
-                ortho = _newton_schulz(stack, self.ns_coefficients, group["ns_steps"],
+                ortho = _newton_schulz(stack, group["ns_coefficients"], group["ns_steps"],
                                        self.ns_bf16)
                 ortho = ortho.to(params[indices[0]].dtype).unbind(0)  # one cast per stack
                 for tall in (False, True):  # one add kernel per orientation (its own scale)
