@@ -258,6 +258,13 @@ def test_polar_express_in_5_iterations_orthogonalises_more_closely_than_the_quin
     assert 0.9 < lo and hi < 1.15, band
 
 
+def test_newton_schulz_refuses_coefficients_it_does_not_know():
+    from gptpipe.optim import _newton_schulz
+
+    with pytest.raises(ValueError, match="'cubic'"):  # not Muon's quintic in disguise
+        _newton_schulz(torch.randn(1, 4, 8), "cubic", 5, False)
+
+
 def test_train_muon_ns_steps_and_coefficients_are_the_ones_muon_uses():
     weights = {}
     for steps, kind in ((5, "quintic"), (4, "quintic"), (4, "polar_express")):
